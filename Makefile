@@ -1,0 +1,35 @@
+# genrec: `make demo` sets everything up and runs the demo; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# Without a GPU, take a CPU torch (on this kind of machine 2.13.0 installs from local disk in
+# seconds; an unpinned torch would pull a multi-GB CUDA build). With nvidia-smi, the default build.
+TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+RUN    ?= runs/demo
+
+.PHONY: setup demo test test-fast bench-prepare clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(PY) -m pip install -q "$(TORCH)" 2>&1 | grep -v "is ignored" || true
+	$(PY) -m pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
+	$(PY) -c "import genrec, torch, ray, transformers, peft, trl, pyarrow" 
+	touch $@
+
+demo: setup
+	$(VENV)/bin/genrec demo --out $(RUN)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q tests -m "not shared_data"
+
+bench-prepare: setup
+	$(PY) bench/prepare_throughput.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,228 @@
+"""Stage configs: one dataclass per stage, loaded from YAML, overridden by `key=value` arguments.
+
+Every field carries its meaning in `metadata["help"]`, so `genrec <verb> --help` can list fields,
+defaults and meanings from the dataclass itself. Nested dataclasses are addressed with dotted keys
+(`source.format=movielens`). Unknown keys and values of the wrong type are errors naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit its dataclass; the message names the key."""
+
+
+def field(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with a help text; mutable defaults are copied per instance."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def sub(cls: type, help: str) -> Any:
+    return dataclasses.field(default_factory=cls, metadata={"help": help})
+
+
+# ----------------------------------------------------------------------------------------- stages
+@dataclasses.dataclass
+class SourceConfig:
+    """Where interactions and the catalog come from, and how to read them."""
+
+    format: Literal["movielens", "amazon", "sequences", "table"] = field(
+        "table",
+        "reader: movielens (a ml-100k / ml-1m / ml-latest / ml-25m folder), amazon (5-core review "
+        "JSON lines + meta), sequences (a user per line, items in order, + an item table), "
+        "table (generic parquet / CSV / JSONL with the column names below)",
+    )
+    path: str = field("", "interactions: a file or folder (movielens: the folder holding ratings and movies)")
+    catalog_path: str = field("", "item table with ids and titles (movielens: found in `path`)")
+    user_col: str = field("user_id", "table: user column")
+    item_col: str = field("item_id", "table / sequences / amazon: item id column of the interactions and the catalog")
+    time_col: str = field("timestamp", "table: time column (integers, e.g. unix seconds); empty = file order")
+    title_col: str = field("title", "catalog: title column")
+    catalog_item_col: str = field("", "catalog: item id column when it differs from item_col")
+    chunk_mb: int = field(64, "bytes of text per read task, in MiB")
+    strict: bool = field(False, "stop at the first malformed row, quoting it, instead of counting it")
+
+
+@dataclasses.dataclass
+class PrepareConfig:
+    """Interaction log -> per-user sequences -> leave-one-out split -> GenRec prompt rows."""
+
+    source: SourceConfig = sub(SourceConfig, "input data")
+    out_dir: str = field("runs/prepared", "output folder: train/ valid/ test/ catalog.parquet stats.json")
+    kcore: int = field(0, "keep only users and items with at least k interactions (0 = off)")
+    history_len: int = field(20, "history truncated to the last H items")
+    samples_per_user: Union[int, Literal["all"]] = field(
+        "all", "training samples per user: all prefixes of the training part, or the last N"
+    )
+    domain: str = field("generic", "instruction set: movies, products or generic")
+    seed: int = field(0, "seed for choosing each row's instruction paraphrase")
+    num_partitions: int = field(0, "hash partitions for grouping by user (0 = from the data size)")
+    object_store_gb: float = field(0.0, "object store size when genrec starts Ray itself (0 = Ray's default)")
+
+    def __post_init__(self) -> None:
+        if self.history_len < 1:
+            raise ConfigError(f"history_len: must be at least 1, got {self.history_len}")
+        if self.samples_per_user != "all" and self.samples_per_user < 1:
+            raise ConfigError(f"samples_per_user: must be 'all' or at least 1, got {self.samples_per_user}")
+        if self.kcore < 0:
+            raise ConfigError(f"kcore: must be 0 (off) or positive, got {self.kcore}")
+
+
+@dataclasses.dataclass
+class SynthInteractionsConfig:
+    """A synthetic catalog and user logs with learnable sequential structure (the embedded default)."""
+
+    out_dir: str = field("runs/synth", "output folder: interactions.parquet, catalog.parquet")
+    num_users: int = field(2000, "users")
+    num_items: int = field(3000, "catalog items (rounded to whole series)")
+    num_genres: int = field(12, "genres; each user prefers a few")
+    min_len: int = field(5, "shortest user log")
+    max_len: int = field(40, "longest user log")
+    seed: int = field(0, "random seed: the same seed gives the same files")
+    format: Literal["parquet", "csv"] = field("parquet", "file format of the interactions")
+
+
+STAGES: dict[str, type] = {
+    "prepare": PrepareConfig,
+    "synth-interactions": SynthInteractionsConfig,
+}
+
+
+# ---------------------------------------------------------------------------------------- loading
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None):
+    """Build `cls` from an optional YAML file, then apply `key=value` overrides (dotted for nesting)."""
+    data: dict[str, Any] = {}
+    if path:
+        text = Path(path).read_text()
+        loaded = yaml.safe_load(text) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+        data = loaded
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+    return from_dict(cls, data)
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix + unknown[0]!r} for {cls.__name__}; known keys: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting where YAML is looser than the type."""
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
+        return from_dict(tp, value, key + ".")
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} fits none of {_type_name(tp)}")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(tp)[:1] or (Any,)
+        return [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported field type {tp!r}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every field, nested sections flattened with dotted keys."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe(tp, prefix + f.name + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        rows.append((prefix + f.name, _type_name(tp), json.dumps(default), f.metadata.get("help", "")))
+    return rows
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Every run writes its config next to its outputs."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

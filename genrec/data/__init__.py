@@ -1,0 +1,1 @@
+"""Readers, synthetic generators, sequences and splits, prompt templates."""

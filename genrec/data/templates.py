@@ -1,0 +1,73 @@
+"""Prompt templates: GenRec's format, paraphrased instructions per domain, and a registry.
+
+A row keeps `instruction`, `input` and `output` apart; the template renders them into the text the
+model reads. Tokenization renders the prompt (instruction + input) and the response (the output
+alone) separately, so the response's token ids are those the catalog trie decodes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    name: str
+    prompt: str  # with {instruction} and {input}
+    instructions: dict[str, tuple[str, ...]]  # domain -> paraphrases
+    separator: str = ", "  # joins history titles into the input
+
+    def render_prompt(self, instruction: str, input: str) -> str:
+        return self.prompt.format(instruction=instruction, input=input)
+
+    def instruction_for(self, domain: str, key: str, seed: int) -> str:
+        """A paraphrase chosen per row: stable for a (seed, key) pair, spread across rows."""
+        choices = self.instructions.get(domain)
+        if not choices:
+            raise KeyError(f"template {self.name!r} has no instructions for domain {domain!r}; "
+                           f"known: {sorted(self.instructions)}")
+        digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+        return choices[int.from_bytes(digest, "little") % len(choices)]
+
+
+GENREC = Template(
+    name="genrec",
+    prompt="### Instruction:\n{instruction}\n\n### input:\n{input}\n\n### Response:\n",
+    instructions={
+        "movies": (
+            "Given the movies this user watched, in order, predict the next movie they will watch.",
+            "Here is a user's viewing history, oldest first. Which movie will they watch next?",
+            "Based on the films listed below, in the order they were seen, name the next film this viewer will choose.",
+            "A user watched these movies in this order. Recommend the one movie they are most likely to watch next.",
+        ),
+        "products": (
+            "Given the products this user bought, in order, predict the next product they will buy.",
+            "Here is a customer's purchase history, oldest first. Which item will they buy next?",
+            "Based on the items listed below, in the order they were purchased, name the next item this shopper will choose.",
+            "A user interacted with these products in this order. Recommend the one product they are most likely to want next.",
+        ),
+        "generic": (
+            "Given the items this user interacted with, in order, predict the next item.",
+            "Here is a user's history, oldest first. Which item comes next?",
+            "Based on the items listed below, in the order they were seen, name the next item this user will choose.",
+            "A user interacted with these items in this order. Recommend the one item they are most likely to pick next.",
+        ),
+    },
+)
+
+TEMPLATES: dict[str, Template] = {GENREC.name: GENREC}
+
+
+def register(template: Template) -> Template:
+    """Add a template (the CV->JD task adds its own); names are unique."""
+    if template.name in TEMPLATES and TEMPLATES[template.name] != template:
+        raise ValueError(f"a different template named {template.name!r} is already registered")
+    TEMPLATES[template.name] = template
+    return template
+
+
+def get_template(name: str) -> Template:
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise KeyError(f"unknown template {name!r}; known: {sorted(TEMPLATES)}") from None

@@ -1,0 +1,32 @@
+"""Starting or joining Ray, the same way for every stage."""
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+def init_ray(object_store_gb: float = 0.0, num_cpus: int | None = None) -> None:
+    """Join the cluster a job was submitted to (RAY_ADDRESS), else start a local Ray.
+
+    Stages call this instead of ray.init so that `genrec <verb>` works on a laptop and under
+    `ray job submit` alike, and so tests that already started Ray keep their session.
+    """
+    if ray.is_initialized():
+        return
+    kwargs: dict = {"include_dashboard": False, "configure_logging": False}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
+        return
+    if object_store_gb > 0:
+        kwargs["object_store_memory"] = int(object_store_gb * 1024**3)
+    ray.init(num_cpus=num_cpus, **kwargs)
+    quiet_ray_data()
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's progress bars fight with our own log lines when output is not a terminal."""
+    import ray.data
+
+    if not os.isatty(2):
+        ray.data.DataContext.get_current().enable_progress_bars = False

@@ -1,0 +1,45 @@
+"""Configs from YAML and key=value overrides; the CLI's help and errors."""
+import subprocess
+import sys
+
+import pytest
+
+from genrec.cli import main
+from genrec.config import ConfigError, PrepareConfig, describe, load_config
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("history_len: 5\nsource:\n  format: movielens\n  path: /data/ml\n")
+    cfg = load_config(PrepareConfig, path, ["source.strict=true", "samples_per_user=3", "domain=movies"])
+    assert cfg.history_len == 5 and cfg.source.format == "movielens" and cfg.source.path == "/data/ml"
+    assert cfg.source.strict is True and cfg.samples_per_user == 3 and cfg.domain == "movies"
+    assert load_config(PrepareConfig, None, ["samples_per_user=all"]).samples_per_user == "all"
+
+
+@pytest.mark.parametrize("override,key", [
+    ("bogus=1", "bogus"),
+    ("source.bogus=1", "source.bogus"),
+    ("history_len=abc", "history_len"),
+    ("history_len=0", "history_len"),
+    ("samples_per_user=some", "samples_per_user"),
+    ("source.format=xml", "source.format"),
+    ("source.strict=maybe", "source.strict"),
+    ("kcore=1.5", "kcore"),
+])
+def test_bad_keys_and_types_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(PrepareConfig, None, [override])
+
+
+def test_every_field_has_help():
+    rows = describe(PrepareConfig)
+    assert {"source.format", "history_len", "samples_per_user"} <= {r[0] for r in rows}
+    assert all(help_text for *_, help_text in rows)
+
+
+def test_cli_help_lists_fields_and_errors_name_the_key(capsys):
+    out = subprocess.run([sys.executable, "-m", "genrec.cli", "prepare", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "source.format" in out.stdout and "history_len" in out.stdout
+    assert main(["prepare", "history_len=abc"]) == 2
+    assert "history_len" in capsys.readouterr().err
