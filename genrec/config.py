@@ -84,7 +84,7 @@ class SynthInteractionsConfig:
 
     out_dir: str = field("runs/synth", "output folder: interactions.parquet, catalog.parquet")
     num_users: int = field(2000, "users")
-    num_items: int = field(3000, "catalog items (rounded to whole series)")
+    num_items: int = field(3000, "catalog items")
     num_genres: int = field(12, "genres; each user prefers a few")
     min_len: int = field(5, "shortest user log")
     max_len: int = field(40, "longest user log")
@@ -226,3 +226,79 @@ def save_config(config: Any, path: str | Path) -> None:
     """Every run writes its config next to its outputs."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+# ------------------------------------------------------------------------------------------- SFT
+@dataclasses.dataclass
+class SFTConfig:
+    """Supervised fine-tuning on token shards: next-token loss on response tokens only."""
+
+    data_dir: str = field("runs/tokens/train", "training token shards (parquet: input_ids, labels with -100 over the prompt)")
+    valid_dir: str = field("runs/tokens/valid", "validation token shards; empty = no validation")
+    out_dir: str = field("runs/sft", "output folder: HF checkpoint, resumable train state, config and metrics")
+    model: str = field("tiny", "'tiny' (offline Llama preset trained on the data's own text) or an HF model id / local path")
+    lora: bool = field(False, "train LoRA adapters instead of all weights (meant for pretrained bases)")
+    lora_r: int = field(16, "LoRA rank")
+    lora_alpha: int = field(32, "LoRA scaling numerator (the update is scaled by alpha / r)")
+    lora_dropout: float = field(0.05, "dropout on the LoRA input")
+    lora_target_modules: list[str] = field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "module names that get adapters",
+    )
+    max_len: int = field(512, "longest sequence in tokens and the width of a packed row; longer rows are skipped and counted")
+    pack_len: int = field(
+        0,
+        "width of a packed row (0 = max_len). Rows of max_len fill to ~93% when lengths spread over "
+        "[max_len/4, max_len] and ~99% when most are under max_len/2; wider rows fill better but cost "
+        "attention over the whole row under sdpa (not under flash/flex attention)",
+    )
+    micro_batch_tokens: int = field(
+        8192,
+        "tokens one forward/backward computes, padding included: packed takes micro_batch_tokens // "
+        "row width rows, padded micro_batch_tokens // max_len, length_grouped rows x longest row up to it",
+    )
+    grad_accum: int = field(1, "micro-batches per optimizer step on each worker")
+    lr: float = field(3e-4, "peak learning rate")
+    weight_decay: float = field(0.01, "AdamW weight decay on matrices (not on biases or norms)")
+    warmup_steps: int = field(20, "optimizer steps of linear warmup from 0 to lr")
+    schedule: Literal["cosine", "linear"] = field("cosine", "decay to 0 after warmup")
+    max_steps: int = field(0, "optimizer steps to run (0 = `epochs` full epochs)")
+    epochs: int = field(1, "passes over the training set when max_steps is 0")
+    clip_grad: float = field(1.0, "clip the global gradient norm to this (0 = off)")
+    batching: Literal["packed", "length_grouped", "padded"] = field(
+        "packed",
+        "packed: sequences concatenated into rows of max_len, attention kept inside each sequence; "
+        "length_grouped: similar lengths padded together; padded: shuffled order padded to the longest",
+    )
+    grad_checkpointing: bool = field(False, "recompute activations in backward: less memory, ~30% more compute")
+    compile: bool = field(False, "torch.compile each decoder layer")
+    seed: int = field(0, "seed for data order and dropout")
+    log_every: int = field(10, "optimizer steps between log lines (loss, lr, tokens/s, real-token share, ETA)")
+    eval_every: int = field(200, "optimizer steps between validation passes (0 = only at the end)")
+    save_every: int = field(500, "optimizer steps between resumable checkpoints (0 = only at the end)")
+    num_workers: int = field(1, "Ray Train workers (one process per GPU or CPU slot)")
+    strategy: Literal["ddp", "fsdp"] = field("ddp", "ddp: a full replica per worker; fsdp: parameters and optimizer state sharded")
+    use_gpu: bool = field(False, "one GPU per worker, bf16 autocast")
+
+    def __post_init__(self) -> None:
+        if self.max_len < 2:
+            raise ConfigError(f"max_len: must be at least 2, got {self.max_len}")
+        if self.pack_len and self.pack_len < self.max_len:
+            raise ConfigError(f"pack_len: must be 0 or at least max_len={self.max_len}, got {self.pack_len}")
+        if self.micro_batch_tokens < self.row_len:
+            raise ConfigError(f"micro_batch_tokens: must hold one row of {self.row_len} tokens, got {self.micro_batch_tokens}")
+        for name in ("grad_accum", "epochs", "num_workers", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        for name in ("max_steps", "warmup_steps", "eval_every", "save_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be 0 or positive, got {getattr(self, name)}")
+
+    @property
+    def row_len(self) -> int:
+        """Width of one row of a micro-batch: packed rows are pack_len wide, padded ones at most max_len."""
+        return (self.pack_len or self.max_len) if self.batching == "packed" else self.max_len
+
+
+# Registered here rather than in the table above because the class is defined after it.
+STAGES["train-sft"] = SFTConfig

@@ -3,7 +3,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from genrec.data.split import MIN_INTERACTIONS, RowsSpec, build_rows
+from genrec.data.split import MIN_INTERACTIONS, RowsSpec, build_rows, with_item_index
 from genrec.data.templates import GENREC
 
 
@@ -48,7 +48,7 @@ def test_rows_match_reference(history_len, samples):
     titles = {f"i{k}": f"Title {k}" for k in range(30)}
     catalog_ids = pa.array(sorted(titles))
     catalog_titles = pa.array([titles[i] for i in sorted(titles)])
-    result = build_rows(block, catalog_ids, catalog_titles, GENREC, RowsSpec(history_len, samples, "generic", 0))
+    result = build_rows(with_item_index(block, catalog_ids), catalog_ids, catalog_titles, GENREC, RowsSpec(history_len, samples, "generic", 0))
     got = sorted(
         (r["user_id"], r["split"], r["position"], tuple(r["history_item_ids"]), r["target_item_id"], r["input"], r["output"])
         for r in result.rows.to_pylist()
@@ -68,8 +68,9 @@ def test_instructions_are_paraphrases_stable_per_row():
     block = random_block(rng, n_users=60)
     ids = pa.array([f"i{k}" for k in range(30)])
     spec = RowsSpec(20, "all", "movies", seed=3)
-    a = build_rows(block, ids, ids, GENREC, spec).rows
-    b = build_rows(block.slice(0).take(np.arange(block.num_rows)[::-1]), ids, ids, GENREC, spec).rows
+    a = build_rows(with_item_index(block, ids), ids, ids, GENREC, spec).rows
+    reversed_block = block.take(np.arange(block.num_rows)[::-1])
+    b = build_rows(with_item_index(reversed_block, ids), ids, ids, GENREC, spec).rows
     key = lambda t: sorted(zip(t.column("user_id").to_pylist(), t.column("position").to_pylist(), t.column("instruction").to_pylist()))
     assert key(a) == key(b)  # the paraphrase depends on the row, not on the block's order
     used = set(a.column("instruction").to_pylist())
@@ -80,4 +81,4 @@ def test_unknown_item_is_an_error_not_a_silent_drop():
     block = pa.table({"user_id": ["u"] * 3, "item_id": ["a", "b", "zzz"],
                       "timestamp": pa.array([1, 2, 3], pa.int64()), "order": pa.array([0, 1, 2], pa.int64())})
     with pytest.raises(ValueError, match="missing from the catalog"):
-        build_rows(block, pa.array(["a", "b"]), pa.array(["A", "B"]), GENREC, RowsSpec())
+        with_item_index(block, pa.array(["a", "b"]))

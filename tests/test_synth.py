@@ -75,10 +75,10 @@ def test_logs_are_ordered_and_within_length_bounds(default_data):
 
 
 def test_mean_len_sets_the_mean_log_length():
-    interactions, _ = generate(num_users=4000, num_items=500, num_genres=6, min_len=5, max_len=200, seed=0, mean_len=40)
+    interactions, _ = generate(**{**SMALL, "num_users": 4000, "max_len": 200}, seed=0, mean_len=40)
     assert interactions.num_rows / 4000 == pytest.approx(40, rel=0.05)
     with pytest.raises(ValueError, match="mean_len"):
-        generate(num_users=10, num_items=500, num_genres=6, min_len=5, max_len=200, seed=0, mean_len=150)
+        generate(**SMALL, seed=0, mean_len=20)
 
 
 def test_sequential_model_beats_most_popular(default_data):

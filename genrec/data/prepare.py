@@ -1,12 +1,16 @@
 """The prepare stage: any reader's interactions -> train/ valid/ test/ prompt parquet, on Ray Data.
 
-    read (chunked, parallel) -> [k-core] -> hash-partition by user -> per-block split and prompts
-    -> one parquet write partitioned by split
+    read chunks -> [k-core] -> write each chunk's rows into user-hash partition files
+                -> one task per partition: order, split, prompts -> parquet partitioned by split
 
-The pipeline streams: blocks of users are split and written while others are still being read,
-so memory stays bounded by the in-flight blocks, not the log. Hash partitioning by user is what
-Ray Data's own `map_groups` does; we then work on whole blocks of complete users with vectorised
-Arrow kernels (genrec/data/split.py) instead of calling Python once per user.
+Grouping by user needs every interaction of a user in one place. Ray Data's own hash shuffle
+(`repartition(keys=...)`) keeps the whole log in the object store behind a barrier and, on 2 CPUs,
+its aggregator actors and our map actors could wait on each other for CPUs. Instead each read task
+writes its rows straight into `num_partitions` Arrow files by hash of the user (a map-side shuffle
+through the output folder's storage, as Spark does), so memory holds only the chunks in flight;
+the second pass reads one partition per task and builds its rows with vectorised Arrow kernels
+(genrec/data/split.py). `out_dir` must therefore be storage every node sees, as for any Ray Data
+write on a cluster.
 """
 from __future__ import annotations
 
@@ -14,14 +18,18 @@ import json
 import logging
 import shutil
 import time
+import uuid
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
+import ray.data
 
 from genrec.config import PrepareConfig, save_config
 from genrec.data import split as split_rows
@@ -34,6 +42,8 @@ log = logging.getLogger("genrec.prepare")
 
 SHORT_USER = f"user with fewer than {split_rows.MIN_INTERACTIONS} interactions"
 KCORE = "k-core filter"
+SHUFFLE_DIR = "_by_user"
+IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
 
 @ray.remote(num_cpus=0)
@@ -66,23 +76,45 @@ class BlockTally:
         )
 
 
-class UserBlockRows:
-    """Ray Data UDF: one block of complete users in, its prompt rows out (catalog loaded once)."""
+def write_user_partitions(block: pa.Table, catalog_ids, num_partitions: int, work_dir: str) -> pa.Table:
+    """Map side: split a chunk's interactions by hash of user into one Arrow file per partition.
 
-    def __init__(self, catalog: pa.Table, template_name: str, spec: split_rows.RowsSpec, tally) -> None:
-        self.catalog_ids = catalog.column("item_id").combine_chunks()
-        self.catalog_titles = catalog.column("title").combine_chunks()
-        self.template = get_template(template_name)
-        self.spec = spec
-        self.tally = tally
+    Returns one small row per file written (partition, path, rows) instead of the interactions.
+    """
+    if block.num_rows == 0:
+        return pa.table({"partition": pa.array([], pa.int32()), "path": pa.array([], pa.string()),
+                         "rows": pa.array([], pa.int64())})
+    block = split_rows.with_item_index(block, ray.get(catalog_ids))
+    users = block.column("user_id").to_numpy(zero_copy_only=False)
+    partition = (pd.util.hash_array(users) % num_partitions).astype(np.int32)
+    order = np.argsort(partition, kind="stable")
+    counts = np.bincount(partition, minlength=num_partitions)
+    block = block.take(pa.array(order))
+    written, start, name = [], 0, uuid.uuid4().hex
+    for part, count in enumerate(counts):
+        if count:
+            path = Path(work_dir) / f"{part:05d}" / f"{name}.arrow"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with pa.ipc.new_file(path, block.schema, options=IPC_OPTIONS) as writer:
+                writer.write_table(block.slice(start, count))
+            written.append((part, str(path), int(count)))
+        start += count
+    part, paths, rows = zip(*written)
+    return pa.table({"partition": pa.array(part, pa.int32()), "path": list(paths), "rows": pa.array(rows, pa.int64())})
 
-    def __call__(self, block: pa.Table) -> pa.Table:
-        result = split_rows.build_rows(block, self.catalog_ids, self.catalog_titles, self.template, self.spec)
-        # Wait for the tally so its totals are complete when the write finishes.
-        ray.get(self.tally.add.remote(
-            result.item_counts, result.lengths, result.short_users, result.short_interactions
-        ))
-        return result.rows
+
+def split_partition(batch: pa.Table, catalog, template_name: str, spec: split_rows.RowsSpec, tally) -> pa.Table:
+    """Reduce side: every user of one partition -> their prompt rows."""
+    catalog = ray.get(catalog)
+    (paths,) = batch.column("paths").to_pylist()
+    block = pa.concat_tables(pa.ipc.open_file(path).read_all() for path in paths)
+    result = split_rows.build_rows(
+        block, catalog.column("item_id").combine_chunks(), catalog.column("title").combine_chunks(),
+        get_template(template_name), spec,
+    )
+    # Wait for the tally so its totals are complete when the write finishes.
+    ray.get(tally.add.remote(result.item_counts, result.lengths, result.short_users, result.short_interactions))
+    return result.rows
 
 
 def kcore_filter(ds: ray.data.Dataset, k: int) -> tuple[ray.data.Dataset, int]:
@@ -122,7 +154,7 @@ def prepare(config: PrepareConfig) -> dict:
     started = time.time()
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in (*split_rows.SPLIT_NAMES, "_rows"):
+    for name in (*split_rows.SPLIT_NAMES, "_rows", SHUFFLE_DIR):
         shutil.rmtree(out / name, ignore_errors=True)
     save_config(config, out / "config.yaml")
 
@@ -133,17 +165,27 @@ def prepare(config: PrepareConfig) -> dict:
     if config.kcore > 0:
         interactions, kcore_dropped = kcore_filter(interactions, config.kcore)
 
-    tally = BlockTally.remote(catalog.num_rows)
     spec = split_rows.RowsSpec(config.history_len, config.samples_per_user, config.domain, config.seed)
     get_template("genrec").instruction_for(config.domain, "", 0)  # an unknown domain fails before any work
-    rows = interactions.repartition(_num_partitions(config), keys=["user_id"]).map_batches(
-        UserBlockRows,
-        fn_constructor_args=(catalog, "genrec", spec, tally),
-        batch_size=None,
-        batch_format="pyarrow",
-        concurrency=(1, max(1, int(ray.available_resources().get("CPU", 1)))),
-    )
-    rows.write_parquet(str(out / "_rows"), partition_cols=["split"])
+    catalog_ref = ray.put(catalog)
+    catalog_ids_ref = ray.put(catalog.column("item_id").combine_chunks())
+
+    pieces = interactions.map_batches(
+        write_user_partitions, batch_size=None, batch_format="pyarrow",
+        fn_kwargs=dict(catalog_ids=catalog_ids_ref, num_partitions=_num_partitions(config), work_dir=str(out / SHUFFLE_DIR)),
+    ).take_all()
+    by_partition = defaultdict(list)
+    for piece in pieces:
+        by_partition[piece["partition"]].append(piece["path"])
+
+    tally = BlockTally.remote(catalog.num_rows)
+    if by_partition:
+        partitions = [{"paths": paths} for _, paths in sorted(by_partition.items())]
+        rows = ray.data.from_items(partitions, override_num_blocks=len(partitions)).map_batches(
+            split_partition, batch_size=1, batch_format="pyarrow",
+            fn_kwargs=dict(catalog=catalog_ref, template_name="genrec", spec=spec, tally=tally),
+        )
+        rows.write_parquet(str(out / "_rows"), partition_cols=["split"])
     for name in split_rows.SPLIT_NAMES:
         written = out / "_rows" / f"split={name}"
         if written.exists():
@@ -151,6 +193,7 @@ def prepare(config: PrepareConfig) -> dict:
         else:
             (out / name).mkdir()
     shutil.rmtree(out / "_rows", ignore_errors=True)
+    shutil.rmtree(out / SHUFFLE_DIR, ignore_errors=True)
     pq.write_table(catalog, out / "catalog.parquet")
 
     reader_rejects = ray.get(source.log.get.remote())
@@ -162,8 +205,8 @@ def prepare(config: PrepareConfig) -> dict:
 
 
 def _num_partitions(config: PrepareConfig) -> int:
-    """Hash partitions for the user shuffle: from the input's size on disk, since counting rows
-    of a lazily read dataset would read it twice."""
+    """Partitions of the user shuffle, from the input's size on disk (counting the rows of a lazily
+    read dataset would read it twice): about 8 MiB of input each, at least two per CPU."""
     if config.num_partitions > 0:
         return config.num_partitions
     path = Path(config.source.path)

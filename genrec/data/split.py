@@ -107,48 +107,48 @@ def instruction_index(
     return (user_hash[user] + position * 7919) % n_choices
 
 
+def with_item_index(block: pa.Table, catalog_ids: pa.Array) -> pa.Table:
+    """Replace item_id by its row in the catalog (int32): smaller to shuffle, and titles are a take."""
+    index = pc.index_in(block.column("item_id"), value_set=catalog_ids)
+    if index.null_count:
+        raise ValueError("an interaction names an item missing from the catalog; readers must filter these")
+    return block.drop_columns(["item_id"]).append_column("item_index", index.cast(pa.int32()))
+
+
 def build_rows(
     block: pa.Table, catalog_ids: pa.Array, catalog_titles: pa.Array, template: Template, spec: RowsSpec
 ) -> BlockResult:
-    """All prompt rows of the complete users in `block` (columns of schema.INTERACTION_SCHEMA)."""
+    """All prompt rows of the complete users in `block` (user_id, item_index, timestamp, order)."""
     block = sort_block(block)
     starts, lengths = user_runs(block.column("user_id").combine_chunks())
     keep = lengths >= MIN_INTERACTIONS
     short_users, short_interactions = int((~keep).sum()), int(lengths[~keep].sum())
     starts, lengths = starts[keep], lengths[keep]
 
-    catalog_index = pc.index_in(block.column("item_id"), value_set=catalog_ids).combine_chunks()
-    if catalog_index.null_count:
-        raise ValueError("an interaction names an item missing from the catalog; readers must filter these")
-    catalog_index_np = catalog_index.to_numpy()
+    item_index = block.column("item_index").to_numpy()
     kept_rows, _ = gather_ranges(starts, starts + lengths)
-    item_counts = np.bincount(catalog_index_np[kept_rows], minlength=len(catalog_ids))
+    item_counts = np.bincount(item_index[kept_rows], minlength=len(catalog_ids))
 
     user, position, split = target_positions(lengths, spec.samples_per_user)
     target = starts[user] + position
     hist_lo = starts[user] + np.maximum(0, position - spec.history_len)
     gather, offsets = gather_ranges(hist_lo, target)
-
-    item_ids = block.column("item_id").combine_chunks()
-    titles = catalog_titles.take(catalog_index)  # title of every interaction in the block
     offsets_arr = pa.array(offsets, pa.int32())
-    gather_arr = pa.array(gather)
-    history_ids = pa.ListArray.from_arrays(offsets_arr, item_ids.take(gather_arr))
-    history_titles = pa.ListArray.from_arrays(offsets_arr, titles.take(gather_arr))
+    # Titles are taken only where a row needs them, straight from the catalog.
+    history = pa.array(item_index[gather])
+    targets = pa.array(item_index[target])
 
     user_ids = block.column("user_id").combine_chunks().take(pa.array(starts))
     choices = template.instructions[spec.domain]
     instr = instruction_index(user_ids, user, position, spec.seed, len(choices))
-
-    target_arr = pa.array(target)
     rows = pa.table(
         {
             "user_id": user_ids.take(pa.array(user)),
-            "history_item_ids": history_ids,
-            "target_item_id": item_ids.take(target_arr),
+            "history_item_ids": pa.ListArray.from_arrays(offsets_arr, catalog_ids.take(history)),
+            "target_item_id": catalog_ids.take(targets),
             "instruction": pa.array(choices).take(pa.array(instr)),
-            "input": pc.binary_join(history_titles, template.separator),
-            "output": titles.take(target_arr),
+            "input": pc.binary_join(pa.ListArray.from_arrays(offsets_arr, catalog_titles.take(history)), template.separator),
+            "output": catalog_titles.take(targets),
             "position": pa.array(position, pa.int32()),
             "split": pa.array(SPLIT_NAMES).take(pa.array(split)),
         }

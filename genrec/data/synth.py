@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -234,28 +233,27 @@ def _build_catalog(num_items: int, num_genres: int, rng: np.random.Generator) ->
     genre = series_genre[item_series]
     popularity = series_popularity[item_series] * PART_DECAY ** (part - 1)
 
-    subtitles = zip(rng.integers(len(ADJECTIVES), size=num_items).tolist(), rng.integers(len(NOUNS), size=num_items).tolist())
+    subtitle_adjectives = rng.integers(len(ADJECTIVES), size=num_items).tolist()
+    subtitle_nouns = rng.integers(len(NOUNS), size=num_items).tolist()
     titles = [
         _PART_STYLES[styles[s]](names[s], k, f"{ADJECTIVES[a]} {NOUNS[n]}")
-        for s, k, (a, n) in zip(item_series.tolist(), part.tolist(), subtitles)
+        for s, k, a, n in zip(item_series.tolist(), part.tolist(), subtitle_adjectives, subtitle_nouns)
     ]
     public = rng.permutation(num_items)  # ids carry no hint of series order or genre
     all_ids = _ids("i", num_items, 5)
-    item_ids = all_ids.take(pa.array(public))
-    names_of_genres = pa.array(genre_names(num_genres)).take(pa.array(genre))
-    by_id = np.argsort(public)
+    by_id = pa.array(np.argsort(public))
     table = pa.table(
         {
             "item_id": all_ids,
-            "title": pa.array(titles).take(pa.array(by_id)),
-            "genre": names_of_genres.take(pa.array(by_id)),
+            "title": pa.array(titles).take(by_id),
+            "genre": pa.array(genre_names(num_genres)).take(pa.array(genre)).take(by_id),
         }
     )
     genre_first = np.searchsorted(genre, np.arange(num_genres), side="left")
     genre_last = np.searchsorted(genre, np.arange(num_genres), side="right") - 1
     return _Catalog(
         table=table,
-        item_ids=item_ids,
+        item_ids=all_ids.take(pa.array(public)),
         genre=genre,
         next_part=next_part,
         cum_popularity=np.cumsum(popularity),
@@ -337,7 +335,9 @@ _PART_STYLES = (
 
 
 # ------------------------------------------------------------------------------ user logs
-def _sample_lengths(n: int, min_len: int, max_len: int, mean_len: float | None, rng: np.random.Generator) -> np.ndarray:
+def _sample_lengths(
+    n: int, min_len: int, max_len: int, mean_len: float | None, rng: np.random.Generator
+) -> np.ndarray:
     """Log lengths in [min_len, max_len]: min_len plus a geometric tail truncated at max_len."""
     span = max_len - min_len
     target = (mean_len if mean_len is not None else min_len + span / 3) - min_len
@@ -362,7 +362,9 @@ def _truncated_geometric_ratio(mean: float, span: int) -> float:
     return (low + high) / 2
 
 
-def _simulate_users(catalog: _Catalog, user_ids: pa.Array, lengths: np.ndarray, rng: np.random.Generator) -> pa.RecordBatch:
+def _simulate_users(
+    catalog: _Catalog, user_ids: pa.Array, lengths: np.ndarray, rng: np.random.Generator
+) -> pa.RecordBatch:
     """Run the Markov chains of a chunk of users; rows grouped by user, in log order."""
     items = _walk(catalog, lengths, rng)
     rows_user = np.repeat(np.arange(len(lengths)), lengths)

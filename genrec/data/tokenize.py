@@ -1,0 +1,222 @@
+"""Completion-only tokenization: prompt rows -> token shards whose loss covers the response alone.
+
+The prompt and the response are tokenized apart, so no BPE merge crosses their boundary and the
+response's ids are exactly `response_ids(tokenizer, title)`: what the catalog trie decodes.
+Rows over `max_len` lose their oldest history titles (never the response) until they fit.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import ray.data
+
+from genrec.data.templates import Template, get_template
+from genrec.models.tokenizer import load_tokenizer
+from genrec.runtime import init_ray
+
+log = logging.getLogger("genrec.tokenize")
+
+IGNORE_INDEX = -100  # label value that torch's cross-entropy (and transformers' loss) skips
+ROW_COLUMNS = ["instruction", "input", "output", "history_item_ids", "user_id", "position"]
+
+
+class RowTooLongError(ValueError):
+    """A row whose prompt, with no history at all, plus its response still exceeds max_len."""
+
+
+def batch_response_ids(tokenizer, titles: Sequence[str]) -> list[list[int]]:
+    """Response ids of many titles at once; each is exactly `response_ids(tokenizer, title)`."""
+    # split_special_tokens: a title is plain text, so a title reading "<eos>" must not end itself.
+    encoded = tokenizer(list(titles), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return [ids + [tokenizer.eos_token_id] for ids in encoded]
+
+
+def response_ids(tokenizer, title: str) -> list[int]:
+    """The target ids of an item: its title on its own, then eos. The single source of truth shared
+    by training labels and the catalog trie."""
+    return batch_response_ids(tokenizer, [title])[0]
+
+
+def batch_prompt_ids(
+    tokenizer, template: Template, instructions: Sequence[str], inputs: Sequence[str]
+) -> list[list[int]]:
+    """Prompt ids, with the tokenizer's own special tokens (e.g. bos) around the rendered prompt."""
+    texts = [template.render_prompt(i, x) for i, x in zip(instructions, inputs)]
+    return tokenizer(texts, split_special_tokens=True)["input_ids"]
+
+
+def history_titles(template: Template, row: Mapping, titles: Mapping[str, str] | None = None) -> list[str]:
+    """The row's history titles, oldest first: from the catalog when given, else split from `input`.
+
+    Splitting is exact only when no title contains the separator (the piece count then equals the
+    history length); MovieLens titles such as "Usual Suspects, The (1995)" do, hence the catalog.
+    """
+    item_ids = row.get("history_item_ids")
+    if item_ids is None:
+        raise RowTooLongError(f"{_row_name(row)}: too long and has no history_item_ids to shorten")
+    if len(item_ids) == 0:
+        return []
+    if titles is not None:
+        history = [titles[item] for item in item_ids]
+        if template.separator.join(history) != row["input"]:
+            raise ValueError(f"{_row_name(row)}: input does not match the catalog titles of its history_item_ids")
+        return history
+    history = row["input"].split(template.separator)
+    if len(history) != len(item_ids):
+        raise ValueError(
+            f"{_row_name(row)}: input splits into {len(history)} pieces on {template.separator!r} but the row "
+            f"has {len(item_ids)} history items (a title contains the separator); pass the catalog titles"
+        )
+    return history
+
+
+def tokenize_rows(
+    tokenizer, template: Template, rows: Sequence[Mapping], max_len: int, titles: Mapping[str, str] | None = None
+) -> list[dict]:
+    """input_ids, labels (IGNORE_INDEX over the prompt) and history_dropped for each row.
+
+    `titles` (catalog item_id -> title) is needed only to shorten rows whose titles hold the separator.
+
+    Prompts and responses are encoded in one batched call each; only over-long rows pay for the
+    search over shorter histories.
+    """
+    prompts = batch_prompt_ids(tokenizer, template, [r["instruction"] for r in rows], [r["input"] for r in rows])
+    responses = batch_response_ids(tokenizer, [r["output"] for r in rows])
+    encoded = []
+    for row, prompt, response in zip(rows, prompts, responses):
+        dropped = 0
+        if len(prompt) + len(response) > max_len:
+            prompt, dropped = _shorten_history(tokenizer, template, row, len(response), max_len, titles)
+        labels = [IGNORE_INDEX] * len(prompt) + response
+        encoded.append({"input_ids": prompt + response, "labels": labels, "history_dropped": dropped})
+    return encoded
+
+
+def tokenize_row(
+    tokenizer, template: Template, row: Mapping, max_len: int, titles: Mapping[str, str] | None = None
+) -> dict:
+    return tokenize_rows(tokenizer, template, [row], max_len, titles)[0]
+
+
+def _shorten_history(
+    tokenizer, template: Template, row: Mapping, response_len: int, max_len: int, titles: Mapping[str, str] | None
+) -> tuple[list[int], int]:
+    """(prompt ids, titles dropped) for the fewest oldest titles dropped so the row fits max_len.
+
+    Binary search over the number dropped: log2(history) re-tokenizations instead of one per title.
+    Re-rendering, rather than splicing per-title ids, keeps the ids those of the text the model reads.
+    """
+    history = history_titles(template, row, titles)
+    budget = max_len - response_len
+
+    def prompt_without(k: int) -> list[int]:
+        return batch_prompt_ids(tokenizer, template, [row["instruction"]], [template.separator.join(history[k:])])[0]
+
+    best = prompt_without(len(history))
+    if len(best) > budget:
+        raise RowTooLongError(
+            f"{_row_name(row)}: even with an empty history the prompt takes {len(best)} tokens and the response "
+            f"{response_len}, over max_len={max_len}; raise max_len"
+        )
+    too_long, fits = 0, len(history)  # invariant: dropping `too_long` titles is not enough, `fits` is
+    while fits - too_long > 1:
+        mid = (too_long + fits) // 2
+        ids = prompt_without(mid)
+        if len(ids) <= budget:
+            fits, best = mid, ids
+        else:
+            too_long = mid
+    return best, fits
+
+
+def _row_name(row: Mapping) -> str:
+    return f"row user_id={row.get('user_id')!r} position={row.get('position')!r}"
+
+
+class TokenizeBatch:
+    """Ray Data callable: loads the tokenizer (and catalog titles) once per actor, not per batch."""
+
+    def __init__(self, tokenizer_dir: str, template_name: str, max_len: int, catalog_path: str | None) -> None:
+        self.tokenizer = load_tokenizer(tokenizer_dir)
+        self.template = get_template(template_name)
+        self.max_len = max_len
+        self.titles = None
+        if catalog_path:
+            catalog = pq.read_table(catalog_path, columns=["item_id", "title"])
+            self.titles = dict(zip(catalog.column("item_id").to_pylist(), catalog.column("title").to_pylist()))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        encoded = tokenize_rows(self.tokenizer, self.template, batch.to_pylist(), self.max_len, self.titles)
+        token_lists = pa.list_(pa.int32())
+        return pa.table(
+            {
+                "input_ids": pa.array([e["input_ids"] for e in encoded], token_lists),
+                "labels": pa.array([e["labels"] for e in encoded], token_lists),
+                "length": pa.array([len(e["input_ids"]) for e in encoded], pa.int32()),
+                "user_id": batch.column("user_id"),
+                "position": batch.column("position"),
+                "history_dropped": pa.array([e["history_dropped"] for e in encoded], pa.int32()),
+            }
+        )
+
+
+def tokenize_split(
+    in_dir: str | Path,
+    out_dir: str | Path,
+    tokenizer_dir: str,
+    max_len: int,
+    template_name: str = "genrec",
+    catalog_path: str | Path | None = None,
+) -> dict:
+    """A prepared split's prompt parquet (e.g. runs/x/train/) -> token shards in `out_dir`.
+
+    Shards hold input_ids, labels (list<int32>), length, user_id, position and history_dropped
+    (oldest titles removed to fit). The catalog defaults to the prepare stage's catalog.parquet
+    beside the split. Returns the counts and writes them, with the arguments, to out_dir/_tokenize.json (the leading
+    underscore keeps parquet readers from taking it for a shard).
+    """
+    init_ray()
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    if catalog_path is None and (in_dir.parent / "catalog.parquet").exists():
+        catalog_path = in_dir.parent / "catalog.parquet"
+    get_template(template_name)  # an unknown template fails here, not inside an actor
+    rows = ray.data.read_parquet(str(in_dir)).select_columns(ROW_COLUMNS)
+    tokens = rows.map_batches(
+        TokenizeBatch,
+        fn_constructor_args=(tokenizer_dir, template_name, max_len, str(catalog_path) if catalog_path else None),
+        batch_format="pyarrow",
+        batch_size=512,
+        concurrency=(1, max(1, int(ray.available_resources().get("CPU", 1)))),
+    )
+    tokens.write_parquet(str(out_dir), mode=ray.data.SaveMode.OVERWRITE)  # no stale shards from an earlier run
+    stats = shard_stats(out_dir)
+    if stats["rows_truncated"]:
+        log.warning("%d of %d rows lost old history titles to fit max_len=%d",
+                    stats["rows_truncated"], stats["rows"], max_len)
+    record = {"in_dir": str(in_dir), "tokenizer_dir": str(tokenizer_dir), "max_len": max_len,
+              "template": template_name, "catalog_path": str(catalog_path) if catalog_path else None, **stats}
+    (out_dir / "_tokenize.json").write_text(json.dumps(record, indent=2))
+    return stats
+
+
+def shard_stats(shard_dir: str | Path) -> dict:
+    """Counts over token shards, streamed a batch at a time: rows, tokens, response tokens (those
+    with a label), rows that lost history and the history titles lost."""
+    stats = {"rows": 0, "tokens": 0, "response_tokens": 0, "rows_truncated": 0, "history_titles_dropped": 0}
+    dataset = pads.dataset(str(shard_dir), format="parquet")  # skips "_"-prefixed files: _tokenize.json
+    for batch in dataset.to_batches(columns=["length", "labels", "history_dropped"]):
+        labels = pc.list_flatten(batch.column("labels"))
+        dropped = batch.column("history_dropped")
+        stats["rows"] += batch.num_rows
+        stats["tokens"] += pc.sum(batch.column("length")).as_py() or 0
+        stats["response_tokens"] += pc.sum(pc.not_equal(labels, IGNORE_INDEX)).as_py() or 0
+        stats["rows_truncated"] += pc.sum(pc.greater(dropped, 0)).as_py() or 0
+        stats["history_titles_dropped"] += pc.sum(dropped).as_py() or 0
+    return stats
