@@ -32,9 +32,17 @@ def _synth_interactions(cfg):
     return synth_interactions(cfg)
 
 
+def _train_sft(cfg):
+    from genrec.train.launch import train_sft
+
+    return train_sft(cfg)
+
+
 VERBS = {
     "prepare": Verb("prepare", C.PrepareConfig, _prepare,
                     "interaction log -> leave-one-out train/valid/test GenRec prompt parquet (Ray Data)"),
+    "train-sft": Verb("train-sft", C.SFTConfig, _train_sft,
+                      "fine-tune the generator on prepared prompts (Ray Train, DDP or FSDP, LoRA optional)"),
     "data synth interactions": Verb("data synth interactions", C.SynthInteractionsConfig, _synth_interactions,
                                     "write the synthetic catalog and user logs (the embedded default data)"),
 }

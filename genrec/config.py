@@ -233,10 +233,16 @@ def save_config(config: Any, path: str | Path) -> None:
 class SFTConfig:
     """Supervised fine-tuning on token shards: next-token loss on response tokens only."""
 
-    data_dir: str = field("runs/tokens/train", "training token shards (parquet: input_ids, labels with -100 over the prompt)")
-    valid_dir: str = field("runs/tokens/valid", "validation token shards; empty = no validation")
-    out_dir: str = field("runs/sft", "output folder: HF checkpoint, resumable train state, config and metrics")
+    data_dir: str = field("runs/prepared", "prepared prompts from `genrec prepare`: train/ valid/ catalog.parquet")
+    out_dir: str = field("runs/sft", "output folder: tokenizer, token shards, Ray checkpoints, best/ and final/ HF models; "
+                         "rerunning with the same out_dir resumes from its last checkpoint")
+    run_name: str = field("", "Ray Train run name (default: the out_dir's folder name)")
+    valid_rows: int = field(2000, "validation rows used for the validation loss (the first N; 0 = all)")
     model: str = field("tiny", "'tiny' (offline Llama preset trained on the data's own text) or an HF model id / local path")
+    vocab_size: int = field(4096, "tiny: BPE vocabulary size (may come out smaller on little text)")
+    tiny_hidden: int = field(128, "tiny: hidden size")
+    tiny_layers: int = field(4, "tiny: decoder layers")
+    tiny_heads: int = field(4, "tiny: attention heads")
     lora: bool = field(False, "train LoRA adapters instead of all weights (meant for pretrained bases)")
     lora_r: int = field(16, "LoRA rank")
     lora_alpha: int = field(32, "LoRA scaling numerator (the update is scaled by alpha / r)")
@@ -279,6 +285,8 @@ class SFTConfig:
     num_workers: int = field(1, "Ray Train workers (one process per GPU or CPU slot)")
     strategy: Literal["ddp", "fsdp"] = field("ddp", "ddp: a full replica per worker; fsdp: parameters and optimizer state sharded")
     use_gpu: bool = field(False, "one GPU per worker, bf16 autocast")
+    max_failures: int = field(2, "worker failures Ray Train recovers from (restarting from the last checkpoint)")
+    fail_at_step: int = field(0, "testing: a worker exits once at this step, to check restarts (0 = off)")
 
     def __post_init__(self) -> None:
         if self.max_len < 2:

@@ -110,8 +110,11 @@ def save_checkpoint(
     stage: str,
     config: dict,
     metrics: dict,
+    state_dict: dict | None = None,
 ) -> Path:
     """An HF-format directory (full model or peft adapter, plus the tokenizer) and genrec.json.
+
+    `state_dict` gives the full weights when the module's own are sharded (FSDP).
 
     An adapter records its base so load_checkpoint can rebuild it. A base with no path of its own
     (a `tiny` model built in memory) is saved under `base/`, or the adapter could never be reloaded.
@@ -128,7 +131,7 @@ def save_checkpoint(
             copy.deepcopy(model).unload().save_pretrained(directory / BASE_DIR)
             base = BASE_DIR
         meta["base_model"] = base
-    model.save_pretrained(directory)
+    model.save_pretrained(directory, **({"state_dict": state_dict} if state_dict is not None else {}))
     tokenizer.save_pretrained(directory)
     (directory / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
     return directory

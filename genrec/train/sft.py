@@ -432,6 +432,14 @@ def train_loop(
 
     wants_state = checkpoint_dir is not None or report is not None  # else nobody would take it
     window, history = Window(device), []
+    if share and position["step"] == 0:
+        # Where validation starts, so a run shows how far it moved.
+        valid_batches = ((collate(valid_rows, layout, plan.width), counts) for layout, counts in share)
+        history.append({"step": 0, "valid_loss": evaluate(model, valid_batches, device, world_size)})
+        if rank == 0:
+            log.info("step 0/%d | valid_loss %.4f", total_steps, history[0]["valid_loss"])
+        if report is not None:
+            report(dict(history[0]), None)
     run_start, start_step = time.perf_counter(), position["step"]
     stream = plan.stream(position["epoch"], position["index"])
     while position["step"] < total_steps:

@@ -1,0 +1,252 @@
+"""`genrec train-sft`: tokenizer and token shards on Ray Data, then the per-worker loop on Ray Train.
+
+    prepared prompts (train/ valid/ catalog.parquet)
+      -> tokenizer (tiny: a BPE trained on the catalog's own text; else the base model's)
+      -> token shards (Ray Data, completion-only labels)              out_dir/tokens/{train,valid}
+      -> TorchTrainer(N workers, DDP or FSDP) running train.sft.train_loop
+      -> resumable checkpoints through ray.train.report               out_dir/ray/<run>/checkpoint_*
+      -> the best (lowest validation loss) and final models, HF format out_dir/best, out_dir/final
+
+Rerunning with the same out_dir resumes from the last checkpoint (Ray Train V2 restores a run by
+its storage path and name); a worker that dies is restarted from it (FailureConfig).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import ray
+import ray.train
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.nn.parallel import DistributedDataParallel
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from genrec.config import SFTConfig, from_dict, save_config
+from genrec.data.templates import get_template
+from genrec.data.tokenize import tokenize_split
+from genrec.models.loading import LoraSettings, TinySettings, save_checkpoint
+from genrec.runtime import init_ray
+from genrec.train.batching import TokenRows
+from genrec.train.sft import STATE_FILE, load_state, train_loop
+
+log = logging.getLogger("genrec.train")
+
+TEMPLATE = "genrec"
+FAILED_ONCE = ".failed_once"  # marker for the fail_at_step test hook
+METRICS_FILE = "metrics.jsonl"
+
+
+# ------------------------------------------------------------------------------------ the driver
+def train_sft(cfg: SFTConfig) -> dict:
+    """Run the SFT stage; returns the final metrics (also in out_dir/final/genrec.json)."""
+    init_ray()
+    out = Path(cfg.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    tokenizer_dir = build_tokenizer(cfg, out)
+    token_dirs = tokenize_splits(cfg, out, tokenizer_dir)
+
+    trainer = TorchTrainer(
+        sft_worker,
+        train_loop_config={"cfg": dataclasses.asdict(cfg), "out": str(out), "tokenizer_dir": str(tokenizer_dir),
+                           "tokens": {k: str(v) for k, v in token_dirs.items()}},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        run_config=RunConfig(
+            name=cfg.run_name or out.name,
+            storage_path=str(out / "ray"),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    final = json.loads((out / "final" / "genrec.json").read_text())["metrics"]
+    log.info("sft done: %s (checkpoint %s)", {k: final.get(k) for k in ("step", "loss", "valid_loss")}, result.checkpoint)
+    return final
+
+
+def build_tokenizer(cfg: SFTConfig, out: Path) -> Path:
+    """The tokenizer every worker and the tokenization step load: saved once in out_dir/tokenizer."""
+    path = out / "tokenizer"
+    if (path / "tokenizer_config.json").exists():
+        return path  # a resumed run must keep the ids its checkpoint was trained with
+    if cfg.model == "tiny":
+        from genrec.models.tiny import train_tokenizer
+
+        tokenizer = train_tokenizer(tokenizer_texts(Path(cfg.data_dir)), vocab_size=cfg.vocab_size)
+    else:
+        from genrec.models.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def tokenizer_texts(data_dir: Path):
+    """The text a tiny model reads: every catalog title, and the template with each instruction."""
+    template = get_template(TEMPLATE)
+    yield from pq.read_table(data_dir / "catalog.parquet", columns=["title"]).column("title").to_pylist()
+    for instructions in template.instructions.values():
+        for instruction in instructions:
+            yield template.render_prompt(instruction, "")
+
+
+def tokenize_splits(cfg: SFTConfig, out: Path, tokenizer_dir: Path) -> dict[str, Path]:
+    data = Path(cfg.data_dir)
+    dirs = {}
+    for split in ("train", "valid"):
+        if not (data / split).exists():
+            if split == "train":
+                raise FileNotFoundError(f"data_dir: {data / split} is missing; run `genrec prepare` first")
+            continue
+        target = out / "tokens" / split
+        if not (target / "_tokenize.json").exists():
+            stats = tokenize_split(data / split, target, str(tokenizer_dir), cfg.max_len, TEMPLATE, data / "catalog.parquet")
+            log.info("tokenized %s: %s", split, stats)
+        dirs[split] = target
+    return dirs
+
+
+# ------------------------------------------------------------------------------------ the worker
+def sft_worker(ctx: dict) -> None:
+    """Ray Train worker: build the model, load the shards, run train_loop, turn its reports into
+    ray.train.report with HF-format checkpoints."""
+    cfg = from_dict(SFTConfig, ctx["cfg"])
+    out, tokenizer_dir = Path(ctx["out"]), ctx["tokenizer_dir"]
+    context = ray.train.get_context()
+    world_size, rank = context.get_world_size(), context.get_world_rank()
+    device = ray.train.torch.get_device()
+
+    from genrec.models.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    model = build_model(cfg, tokenizer).to(device)
+    model = wrap_model(model, cfg, world_size)
+    train_rows = load_rows(ctx["tokens"]["train"])
+    valid_rows = load_rows(ctx["tokens"]["valid"], cfg.valid_rows) if "valid" in ctx["tokens"] else None
+
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as path:
+            resume = load_state(Path(path) / STATE_FILE)
+        if rank == 0:
+            log.info("resuming from %s at step %d", checkpoint.path, resume["position"]["step"])
+
+    reporter = Reporter(cfg, model, tokenizer, out, rank)
+    result = train_loop(cfg, model, train_rows, valid_rows, world_size=world_size, rank=rank,
+                        resume_state=resume, report=reporter)
+    final = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+    reporter.export(out / "final", dict(final, skipped=result["skipped"]))
+
+
+def build_model(cfg: SFTConfig, tokenizer) -> torch.nn.Module:
+    if cfg.model == "tiny":
+        from genrec.models.tiny import tiny_config, tiny_model
+
+        settings = TinySettings(vocab_size=len(tokenizer), hidden_size=cfg.tiny_hidden,
+                                num_hidden_layers=cfg.tiny_layers, num_attention_heads=cfg.tiny_heads,
+                                max_position_embeddings=max(1024, cfg.max_len), seed=cfg.seed)
+        config = tiny_config(settings.vocab_size, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                             bos_token_id=tokenizer.bos_token_id, hidden_size=settings.hidden_size,
+                             num_hidden_layers=settings.num_hidden_layers, num_attention_heads=settings.num_attention_heads,
+                             max_position_embeddings=settings.max_position_embeddings)
+        model = tiny_model(config, seed=cfg.seed)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        dtype = torch.bfloat16 if cfg.use_gpu else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, attn_implementation="sdpa")
+    if cfg.lora:
+        from peft import get_peft_model
+
+        from genrec.models.loading import lora_config
+
+        model = get_peft_model(model, lora_config(LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
+                                                                cfg.lora_target_modules)))
+    return model
+
+
+def wrap_model(model: torch.nn.Module, cfg: SFTConfig, world_size: int) -> torch.nn.Module:
+    """DDP: a replica per worker. FSDP (FSDP2's fully_shard): each decoder layer sharded, then the rest,
+    so a model larger than one GPU trains across several."""
+    if world_size == 1:
+        return model
+    if cfg.strategy == "ddp":
+        return ray.train.torch.prepare_model(model, move_to_device=False)
+    from torch.distributed.fsdp import fully_shard
+
+    for module in model.modules():
+        if type(module).__name__.endswith("DecoderLayer"):
+            fully_shard(module)
+    fully_shard(model)
+    return model
+
+
+def load_rows(path: str, limit: int = 0) -> TokenRows:
+    table = pads.dataset(path, format="parquet").to_table(columns=["input_ids", "labels"])
+    if limit and table.num_rows > limit:
+        table = table.slice(0, limit)  # the same subsample on every worker and every run
+    return TokenRows.from_table(table)
+
+
+class Reporter:
+    """train_loop's `report` callback: metrics to Ray Train, checkpoints as HF directories plus the
+    resumable state, and the best model by validation loss kept in out_dir/best."""
+
+    def __init__(self, cfg: SFTConfig, model, tokenizer, out: Path, rank: int):
+        self.cfg, self.model, self.tokenizer, self.out, self.rank = cfg, model, tokenizer, out, rank
+        self.best = _recorded_valid_loss(out / "best")
+
+    def __call__(self, metrics: dict, state: dict | None) -> None:
+        self._maybe_fail(metrics.get("step", 0))
+        metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if self.rank == 0:  # the plain log beside Ray's: one JSON line per report (repeats after a resume)
+            with open(self.out / METRICS_FILE, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+        # valid_loss is all-reduced, so every rank takes this branch together (FSDP gathers in it).
+        if "valid_loss" in metrics and metrics["valid_loss"] < self.best:
+            self.best = metrics["valid_loss"]
+            self.export(self.out / "best", metrics)
+        if state is None:
+            # ray.train.report is a barrier across workers (about 2 s a call measured here on CPU), so
+            # training-loss lines go to the plain log only; validation results and checkpoints to Ray.
+            if "valid_loss" in metrics:
+                ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            if self.rank == 0:
+                torch.save(state, Path(tmp) / STATE_FILE)
+                Path(tmp, "metrics.json").write_text(json.dumps(metrics))
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if self.rank == 0 else None)
+
+    def export(self, path: Path, metrics: dict) -> None:
+        """An HF-format model (or adapter) with genrec.json. Called on every rank: under FSDP the
+        full weights are gathered (a collective) before rank 0 writes them."""
+        weights = None
+        if self.cfg.strategy == "fsdp" and torch.distributed.is_initialized():
+            weights = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.rank == 0:
+            model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+            save_checkpoint(path, model, self.tokenizer, "sft", dataclasses.asdict(self.cfg), metrics, state_dict=weights)
+
+    def _maybe_fail(self, step: int) -> None:
+        """Test hook: exit this worker process once at `fail_at_step`, as a crash would."""
+        marker = self.out / FAILED_ONCE
+        if self.cfg.fail_at_step and step == self.cfg.fail_at_step and not marker.exists():
+            marker.write_text(str(step))
+            os._exit(1)
+
+
+def _recorded_valid_loss(path: Path) -> float:
+    meta = path / "genrec.json"
+    if meta.exists():
+        return json.loads(meta.read_text())["metrics"].get("valid_loss", float("inf"))
+    return float("inf")
