@@ -208,3 +208,31 @@ def test_config_rejects_bad_values_on_cpu():
         SFTConfig(max_len=512, micro_batch_tokens=100)
     with pytest.raises(ConfigError, match="grad_accum"):
         dataclasses.replace(SFTConfig(), grad_accum=0)
+
+
+def test_lora_trains_only_adapter_weights_and_reloads_on_cpu(tmp_path):
+    """With LoRA the base stays frozen; the saved adapter loads through peft with the same logits."""
+    from peft import PeftModel, get_peft_model
+
+    from genrec.models.loading import LoraSettings, load_checkpoint, lora_config, save_checkpoint
+    from genrec.models.tiny import train_tokenizer
+
+    tokenizer = train_tokenizer(["some words to learn a vocabulary from", "more words, other words"], vocab_size=300)
+    base = tiny_model()
+    before = {id(p): p.detach().clone() for p in base.parameters()}  # peft keeps these Parameter objects
+    model = get_peft_model(base, lora_config(LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear")))
+    rows = random_rows(n=24)
+    train_loop(cfg(max_steps=4, lr=1e-2), model, rows)
+    params = dict(model.named_parameters())
+    base_params = [p for p in params.values() if id(p) in before]
+    assert len(base_params) == len(before) and all(torch.equal(before[id(p)], p) for p in base_params)
+    lora_b = [p for name, p in params.items() if "lora_B" in name]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: non-zero means it trained
+
+    save_checkpoint(tmp_path / "ckpt", model, tokenizer, "sft", {}, {})
+    loaded, _, meta = load_checkpoint(tmp_path / "ckpt", device="cpu")
+    assert isinstance(loaded, PeftModel) and meta["base_model"]
+    ids = torch.tensor([rows.ids[:16].astype("int64")])
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, loaded(ids).logits, atol=1e-5)

@@ -3,10 +3,12 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from genrec.config import PrepareConfig, SFTConfig, SourceConfig, SynthInteractionsConfig
 from genrec.data.prepare import prepare
 from genrec.data.synth import synth_interactions
+from genrec.models.loading import load_checkpoint
 from genrec.train.launch import FAILED_ONCE, METRICS_FILE, train_sft
 
 
@@ -63,11 +65,18 @@ def test_validation_loss_falls_and_models_are_saved_on_cpu(prepared):
 
 def test_two_workers_match_one_worker_with_the_same_global_batch_on_cpu(prepared):
     _, one = run(prepared, "one_worker", num_workers=1, grad_accum=2)
-    _, two = run(prepared, "two_workers", num_workers=2, grad_accum=1)
-    a, b = losses(one), losses(two)
-    assert sorted(a) == sorted(b) == list(range(1, 9))
-    for step in a:
-        assert b[step] == pytest.approx(a[step], abs=2e-4), (step, a[step], b[step])
+    _, ddp = run(prepared, "two_workers_ddp", num_workers=2, grad_accum=1, strategy="ddp")
+    _, fsdp = run(prepared, "two_workers_fsdp", num_workers=2, grad_accum=1, strategy="fsdp")
+    a = losses(one)
+    assert sorted(a) == list(range(1, 9))
+    for other in (losses(ddp), losses(fsdp)):
+        assert sorted(other) == sorted(a)
+        for step in a:
+            assert other[step] == pytest.approx(a[step], abs=2e-4), (step, a[step], other[step])
+    # FSDP's sharded weights are gathered for the export: both final models give the same logits.
+    ids = torch.arange(3, 40).unsqueeze(0)
+    logits = [load_checkpoint(out / "final", device="cpu")[0](ids).logits for out in (ddp, fsdp)]
+    assert torch.allclose(logits[0], logits[1], atol=1e-4)
 
 
 def test_killed_worker_restarts_and_rerun_resumes_to_the_same_losses_on_cpu(prepared):
