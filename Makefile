@@ -6,6 +6,10 @@ PY     := $(VENV)/bin/python
 # seconds; an unpinned torch would pull a multi-GB CUDA build). With nvidia-smi, the default build.
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 RUN    ?= runs/demo
+# pipefail: a failing pip must fail the target even though its output goes through grep.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+QUIET  := { grep -v "is ignored" || true; }
 
 .PHONY: setup demo test test-fast bench-prepare clean
 
@@ -13,9 +17,9 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-	$(PY) -m pip install -q "$(TORCH)" 2>&1 | grep -v "is ignored" || true
-	$(PY) -m pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
+	$(PY) -m pip install -q --upgrade pip 2>&1 | $(QUIET)
+	$(PY) -m pip install -q "$(TORCH)" 2>&1 | $(QUIET)
+	$(PY) -m pip install -q -e ".[dev]" 2>&1 | $(QUIET)
 	$(PY) -c "import genrec, torch, ray, transformers, peft, trl, pyarrow" 
 	touch $@
 

@@ -52,6 +52,10 @@ class SourceConfig:
     chunk_mb: int = field(64, "bytes of text per read task, in MiB")
     strict: bool = field(False, "stop at the first malformed row, quoting it, instead of counting it")
 
+    def __post_init__(self) -> None:
+        if self.chunk_mb < 1:
+            raise ConfigError(f"source.chunk_mb: must be at least 1, got {self.chunk_mb}")
+
 
 @dataclasses.dataclass
 class PrepareConfig:
@@ -64,7 +68,7 @@ class PrepareConfig:
     samples_per_user: Union[int, Literal["all"]] = field(
         "all", "training samples per user: all prefixes of the training part, or the last N"
     )
-    domain: str = field("generic", "instruction set: movies, products or generic")
+    domain: Literal["movies", "products", "generic"] = field("generic", "instruction set of the prompts")
     seed: int = field(0, "seed for choosing each row's instruction paraphrase")
     num_partitions: int = field(0, "hash partitions for grouping by user (0 = from the data size)")
     object_store_gb: float = field(0.0, "object store size when genrec starts Ray itself (0 = Ray's default)")
@@ -92,10 +96,6 @@ class SynthInteractionsConfig:
     format: Literal["parquet", "csv"] = field("parquet", "file format of the interactions")
 
 
-STAGES: dict[str, type] = {
-    "prepare": PrepareConfig,
-    "synth-interactions": SynthInteractionsConfig,
-}
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -112,8 +112,16 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+        _set_dotted(data, key.strip(), Override(raw))
     return from_dict(cls, data)
+
+
+class Override(str):
+    """A command-line value, kept as typed: a str field takes it as is (`run_name=007` stays "007"),
+    any other field reads it as YAML (`lr=1e-3`, `strict=true`, `fields=[a, b]`)."""
+
+    def parsed(self) -> Any:
+        return yaml.safe_load(self) if self != "" else ""
 
 
 def _set_dotted(data: dict, key: str, value: Any) -> None:
@@ -142,6 +150,10 @@ def from_dict(cls: type, data: dict, prefix: str = ""):
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`, converting where YAML is looser than the type."""
+    if isinstance(value, Override):
+        if tp is str:
+            return str(value)
+        value = value.parsed()
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
@@ -152,7 +164,6 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
         return value
     if origin in (Union, types.UnionType):
-        errors = []
         for option in typing.get_args(tp):
             if option is type(None):
                 if value is None:
@@ -160,8 +171,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 continue
             try:
                 return _coerce(option, value, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{key}: {value!r} fits none of {_type_name(tp)}")
     if origin in (list, tuple):
         if isinstance(value, str):
@@ -185,6 +196,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ConfigError(f"{key}: expected a number, got {value!r}")
@@ -247,11 +263,9 @@ class SFTConfig:
     lora_r: int = field(16, "LoRA rank")
     lora_alpha: int = field(32, "LoRA scaling numerator (the update is scaled by alpha / r)")
     lora_dropout: float = field(0.05, "dropout on the LoRA input")
-    lora_target_modules: list[str] = field(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        "module names that get adapters",
-    )
-    max_len: int = field(512, "longest sequence in tokens and the width of a packed row; longer rows are skipped and counted")
+    lora_target_modules: list[str] = field(["all-linear"], "module names that get adapters; all-linear = every linear layer but the LM head")
+    max_len: int = field(512, "longest sequence in tokens and the width of a packed row; tokenization drops a "
+                         "prompt's oldest history titles to fit (counted); a row that still does not fit is an error")
     pack_len: int = field(
         0,
         "width of a packed row (0 = max_len). Rows of max_len fill to ~93% when lengths spread over "
@@ -307,6 +321,3 @@ class SFTConfig:
         """Width of one row of a micro-batch: packed rows are pack_len wide, padded ones at most max_len."""
         return (self.pack_len or self.max_len) if self.batching == "packed" else self.max_len
 
-
-# Registered here rather than in the table above because the class is defined after it.
-STAGES["train-sft"] = SFTConfig

@@ -38,7 +38,7 @@ def run_demo(out: str) -> dict:
     started = time.time()
     from genrec.train.launch import train_sft
 
-    # About two minutes on 2 CPUs: 150 steps of 2 x 4096 tokens (a third of an epoch).
+    # About three minutes on 2 CPUs: 150 steps of 2 x 4096 tokens (a third of an epoch).
     sft = SFTConfig(data_dir=str(run / "prepared"), out_dir=str(run / "sft"), model="tiny", max_len=512,
                     micro_batch_tokens=4096, lr=1e-3, warmup_steps=15, max_steps=150, eval_every=50,
                     save_every=50, log_every=25, num_workers=2)

@@ -6,7 +6,7 @@ import os
 import ray
 
 
-def init_ray(object_store_gb: float = 0.0, num_cpus: int | None = None) -> None:
+def init_ray(object_store_gb: float = 0.0) -> None:
     """Join the cluster a job was submitted to (RAY_ADDRESS), else start a local Ray.
 
     Stages call this instead of ray.init so that `genrec <verb>` works on a laptop and under
@@ -17,10 +17,10 @@ def init_ray(object_store_gb: float = 0.0, num_cpus: int | None = None) -> None:
     kwargs: dict = {"include_dashboard": False, "configure_logging": False}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
-        return
-    if object_store_gb > 0:
-        kwargs["object_store_memory"] = int(object_store_gb * 1024**3)
-    ray.init(num_cpus=num_cpus, **kwargs)
+    else:
+        if object_store_gb > 0:
+            kwargs["object_store_memory"] = int(object_store_gb * 1024**3)
+        ray.init(**kwargs)
     quiet_ray_data()
 
 

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from genrec.cli import main
-from genrec.config import ConfigError, PrepareConfig, describe, load_config
+from genrec.config import ConfigError, PrepareConfig, SFTConfig, SynthInteractionsConfig, describe, load_config
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -15,6 +15,9 @@ def test_yaml_then_overrides(tmp_path):
     assert cfg.history_len == 5 and cfg.source.format == "movielens" and cfg.source.path == "/data/ml"
     assert cfg.source.strict is True and cfg.samples_per_user == 3 and cfg.domain == "movies"
     assert load_config(PrepareConfig, None, ["samples_per_user=all"]).samples_per_user == "all"
+    # str fields keep what was typed; YAML would read these as a number and a date
+    cfg = load_config(SFTConfig, None, ["run_name=007", "data_dir=2024-01-01", "lr=1e-3"])
+    assert (cfg.run_name, cfg.data_dir, cfg.lr) == ("007", "2024-01-01", 1e-3)
 
 
 @pytest.mark.parametrize("override,key", [
@@ -26,20 +29,25 @@ def test_yaml_then_overrides(tmp_path):
     ("source.format=xml", "source.format"),
     ("source.strict=maybe", "source.strict"),
     ("kcore=1.5", "kcore"),
+    ("domain=books", "domain"),
+    ("source.chunk_mb=0", "chunk_mb"),
 ])
 def test_bad_keys_and_types_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(PrepareConfig, None, [override])
 
 
-def test_every_field_has_help():
-    rows = describe(PrepareConfig)
-    assert {"source.format", "history_len", "samples_per_user"} <= {r[0] for r in rows}
-    assert all(help_text for *_, help_text in rows)
+@pytest.mark.parametrize("cls", [PrepareConfig, SFTConfig, SynthInteractionsConfig])
+def test_every_field_has_help(cls):
+    rows = describe(cls)
+    assert len(rows) >= 8 and all(help_text for *_, help_text in rows)
+    assert {"source.format", "history_len"} <= {r[0] for r in describe(PrepareConfig)}
 
 
 def test_cli_help_lists_fields_and_errors_name_the_key(capsys):
     out = subprocess.run([sys.executable, "-m", "genrec.cli", "prepare", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "source.format" in out.stdout and "history_len" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "genrec.cli", "train-sft", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "micro_batch_tokens" in out.stdout and "strategy" in out.stdout
     assert main(["prepare", "history_len=abc"]) == 2
     assert "history_len" in capsys.readouterr().err

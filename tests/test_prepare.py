@@ -124,3 +124,31 @@ def test_prepare_movielens_100k(ray_session, tmp_path):
     titles = {r["item_id"]: r["title"] for r in pq.read_table(out / "catalog.parquet").to_pylist()}
     rows = check_split_invariants(out, sequences, titles, history_len=20)
     assert all(r["target_item_id"] not in r["history_item_ids"] for r in rows["test"])
+
+
+def reference_kcore(rows, k):
+    """Iterative k-core the obvious way: drop users and items under k until nothing changes."""
+    while True:
+        users, items = defaultdict(int), defaultdict(int)
+        for r in rows:
+            users[r["user_id"]] += 1
+            items[r["item_id"]] += 1
+        kept = [r for r in rows if users[r["user_id"]] >= k and items[r["item_id"]] >= k]
+        if len(kept) == len(rows):
+            return kept
+        rows = kept
+
+
+def test_prepare_kcore_matches_reference(ray_session, tmp_path):
+    synth = synth_interactions(SynthInteractionsConfig(out_dir=str(tmp_path / "synth"), num_users=150, num_items=600,
+                                                       min_len=3, max_len=12))
+    interactions = pq.read_table(synth["interactions_path"]).to_pylist()
+    kept = reference_kcore(interactions, 4)
+    assert 0 < len(kept) < len(interactions)  # the filter has work to do on this data
+    stats = prepare(PrepareConfig(
+        source=SourceConfig(format="table", path=synth["interactions_path"], catalog_path=synth["catalog_path"]),
+        out_dir=str(tmp_path / "out"), kcore=4, num_partitions=2,
+    ))
+    assert stats["interactions"] == len(kept)
+    assert stats["users"] == len({r["user_id"] for r in kept})
+    assert stats["interactions_dropped"]["counts"]["k-core filter"] == len(interactions) - len(kept)

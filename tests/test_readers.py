@@ -11,7 +11,7 @@ from genrec.data import schema
 from genrec.data.catalog import build_catalog, clean_title, read_amazon_meta, read_movielens_catalog, unique_titles
 from genrec.data.readers import plan_chunks, read_source
 from genrec.data.rejects import RejectError
-from tests.conftest import shared_data
+from conftest import shared_data
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:

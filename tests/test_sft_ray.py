@@ -61,6 +61,9 @@ def test_validation_loss_falls_and_models_are_saved_on_cpu(prepared):
     best = json.loads((out / "best" / "genrec.json").read_text())
     assert best["stage"] == "sft" and best["metrics"]["valid_loss"] == min(valid[1:])
     assert (out / "final" / "model.safetensors").exists() and (out / "config.yaml").exists()
+    # Rerunning a finished run resumes at its last step: nothing trains, final/ stands.
+    again = train_sft(SFTConfig(**json_config(out)))
+    assert again["step"] == 30 and again["loss"] == final["loss"]
 
 
 def test_two_workers_match_one_worker_with_the_same_global_batch_on_cpu(prepared):
@@ -86,6 +89,8 @@ def test_killed_worker_restarts_and_rerun_resumes_to_the_same_losses_on_cpu(prep
     # A worker dies at step 6; Ray Train restarts it from the step-4 checkpoint and the run ends at 8.
     final, restarted = run(prepared, "restarted", fail_at_step=6, max_failures=1)
     assert (restarted / FAILED_ONCE).read_text() == "6" and final["step"] == 8
+    # Steps 1-4 ran once; 5 ran before the crash and again after the restart from step 4.
+    assert report_counts(restarted) == {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 1, 7: 1, 8: 1}
     got = losses(restarted)
     for step in (5, 6, 7, 8):
         assert got[step] == pytest.approx(expected[step], abs=1e-4)
@@ -95,8 +100,18 @@ def test_killed_worker_restarts_and_rerun_resumes_to_the_same_losses_on_cpu(prep
         run(prepared, "rerun", fail_at_step=6, max_failures=0)
     out = prepared / "rerun"
     final = train_sft(SFTConfig(**{**json_config(out), "fail_at_step": 6, "max_failures": 0}))
-    assert final["step"] == 8
+    assert final["step"] == 8 and report_counts(out)[5] == 2 and report_counts(out)[1] == 1
     assert losses(out)[8] == pytest.approx(expected[8], abs=1e-4)
+
+
+def report_counts(out):
+    """step -> how many times a training loss was logged for it (repeats mean the step ran again)."""
+    counts = {}
+    for line in (out / METRICS_FILE).read_text().splitlines():
+        m = json.loads(line)
+        if "loss" in m:
+            counts[m["step"]] = counts.get(m["step"], 0) + 1
+    return counts
 
 
 def json_config(out):

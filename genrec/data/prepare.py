@@ -7,10 +7,11 @@ Grouping by user needs every interaction of a user in one place. Ray Data's own 
 (`repartition(keys=...)`) keeps the whole log in the object store behind a barrier and, on 2 CPUs,
 its aggregator actors and our map actors could wait on each other for CPUs. Instead each read task
 writes its rows straight into `num_partitions` Arrow files by hash of the user (a map-side shuffle
-through the output folder's storage, as Spark does), so memory holds only the chunks in flight;
-the second pass reads one partition per task and builds its rows with vectorised Arrow kernels
-(genrec/data/split.py). `out_dir` must therefore be storage every node sees, as for any Ray Data
-write on a cluster.
+through the output folder's storage, as Spark does), so the first pass streams with only the
+chunks in flight in memory. The second pass starts once every chunk is written (a user's last
+interaction may be in the last chunk) and reads one partition per task, building its rows with
+vectorised Arrow kernels (genrec/data/split.py) while finished ones are written. `out_dir` must
+therefore be storage every node sees, as for any Ray Data write on a cluster.
 """
 from __future__ import annotations
 
@@ -121,13 +122,13 @@ def kcore_filter(ds: ray.data.Dataset, k: int) -> tuple[ray.data.Dataset, int]:
     """Drop users and items with fewer than k interactions until none is left; returns rows dropped.
 
     Iterates because dropping items can push users under k and back. Materialises the
-    interactions once (they are needed for every round).
+    interactions once (they are needed for every round). Counts are summed per block and then in
+    the driver, which is cheaper here than Ray Data's groupby shuffle.
     """
     ds = ds.materialize()
     start = current = ds.count()
     while True:
-        users = _keys_with_count_at_least(ds, "user_id", k)
-        items = _keys_with_count_at_least(ds, "item_id", k)
+        users, items = _keys_with_count_at_least(ds, k)
         ds = ds.map_batches(_keep_keys, fn_args=(users, items), batch_format="pyarrow").materialize()
         after = ds.count()
         if after == current:
@@ -135,12 +136,23 @@ def kcore_filter(ds: ray.data.Dataset, k: int) -> tuple[ray.data.Dataset, int]:
         current = after
 
 
-def _keys_with_count_at_least(ds: ray.data.Dataset, column: str, k: int) -> pa.Array:
-    counts = ds.groupby(column).count().to_arrow_refs()
-    table = pa.concat_tables(ray.get(counts))
-    count_col = [c for c in table.column_names if c != column][0]
-    mask = pc.greater_equal(table.column(count_col), k)
-    return table.column(column).filter(mask).combine_chunks()
+def _block_counts(block: pa.Table) -> pa.Table:
+    """Interactions per user and per item in one block (column `kind`: 0 user, 1 item)."""
+    parts = []
+    for kind, column in enumerate(("user_id", "item_id")):
+        counts = block.group_by(column).aggregate([(column, "count")])
+        parts.append(pa.table({"kind": pa.array([kind] * counts.num_rows, pa.int8()),
+                               "key": counts.column(column), "n": counts.column(f"{column}_count")}))
+    return pa.concat_tables(parts)
+
+
+def _keys_with_count_at_least(ds: ray.data.Dataset, k: int) -> tuple[pa.Array, pa.Array]:
+    blocks = ray.get(ds.map_batches(_block_counts, batch_format="pyarrow").to_arrow_refs())
+    totals = pa.concat_tables(blocks).group_by(["kind", "key"]).aggregate([("n", "sum")])
+    keep = totals.filter(pc.greater_equal(totals.column("n_sum"), k))
+    users = keep.filter(pc.equal(keep.column("kind"), 0)).column("key").combine_chunks()
+    items = keep.filter(pc.equal(keep.column("kind"), 1)).column("key").combine_chunks()
+    return users, items
 
 
 def _keep_keys(block: pa.Table, users: pa.Array, items: pa.Array) -> pa.Table:
@@ -166,7 +178,6 @@ def prepare(config: PrepareConfig) -> dict:
         interactions, kcore_dropped = kcore_filter(interactions, config.kcore)
 
     spec = split_rows.RowsSpec(config.history_len, config.samples_per_user, config.domain, config.seed)
-    get_template("genrec").instruction_for(config.domain, "", 0)  # an unknown domain fails before any work
     catalog_ref = ray.put(catalog)
     catalog_ids_ref = ray.put(catalog.column("item_id").combine_chunks())
 

@@ -230,6 +230,8 @@ def plan_chunks(path: Path, file_index: int, chunk_bytes: int, header: bool = Fa
         bounds.append(size)
         chunks, line = [], 2 if header else 1
         for begin, end in zip(bounds, bounds[1:]):
+            if begin >= end:  # an empty or header-only file: no rows, no task
+                continue
             chunks.append({"path": str(path), "file_index": file_index, "start": begin, "end": end, "first_line": line})
             if end < size:
                 line += _count_newlines(f, begin, end)

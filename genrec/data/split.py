@@ -139,7 +139,7 @@ def build_rows(
     targets = pa.array(item_index[target])
 
     user_ids = block.column("user_id").combine_chunks().take(pa.array(starts))
-    choices = template.instructions[spec.domain]
+    choices = template.instructions_for(spec.domain)
     instr = instruction_index(user_ids, user, position, spec.seed, len(choices))
     rows = pa.table(
         {

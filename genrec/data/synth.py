@@ -10,7 +10,8 @@ popularity model cannot see:
 - within a genre, items are drawn by a Zipf-like popularity, so most-popular is a fair baseline.
 
 Logs are one Markov chain per user, stepped for all users at once with numpy (a user's state is
-its current item), in chunks of users so memory stays bounded at tens of millions of rows.
+its current item), in chunks of users so the working arrays stay small; the result is one table
+(about 0.7 GB for 25 million rows).
 """
 from __future__ import annotations
 

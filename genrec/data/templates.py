@@ -7,7 +7,6 @@ alone) separately, so the response's token ids are those the catalog trie decode
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,14 +19,12 @@ class Template:
     def render_prompt(self, instruction: str, input: str) -> str:
         return self.prompt.format(instruction=instruction, input=input)
 
-    def instruction_for(self, domain: str, key: str, seed: int) -> str:
-        """A paraphrase chosen per row: stable for a (seed, key) pair, spread across rows."""
-        choices = self.instructions.get(domain)
-        if not choices:
+    def instructions_for(self, domain: str) -> tuple[str, ...]:
+        """The paraphrases of a domain; genrec/data/split.py picks one per row from (seed, user, position)."""
+        if not self.instructions.get(domain):
             raise KeyError(f"template {self.name!r} has no instructions for domain {domain!r}; "
                            f"known: {sorted(self.instructions)}")
-        digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
-        return choices[int.from_bytes(digest, "little") % len(choices)]
+        return self.instructions[domain]
 
 
 GENREC = Template(

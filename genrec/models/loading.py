@@ -66,12 +66,29 @@ def load_model_and_tokenizer(
     model comes back as a peft model whose only trainable parameters are the adapter's.
     """
     device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or default_dtype(device)
     if name_or_path == TINY:
         if texts is None:
             raise ValueError("model 'tiny' trains its tokenizer on the data: pass texts=")
+        tokenizer = tiny.train_tokenizer(texts, (tiny_settings or TinySettings()).vocab_size)
+    else:
+        tokenizer = load_tokenizer(name_or_path)
+    model = build_model(name_or_path, tokenizer, dtype=dtype or default_dtype(device),
+                        tiny_settings=tiny_settings, lora=lora)
+    return model.to(device), tokenizer
+
+
+def build_model(
+    name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    dtype: torch.dtype = torch.float32,
+    tiny_settings: TinySettings | None = None,
+    lora: LoraSettings | None = None,
+) -> torch.nn.Module:
+    """The model for a tokenizer: a seeded random `tiny` Llama sized to its vocabulary, or the
+    pretrained weights of an HF id / local path; with `lora`, wrapped so only adapters train."""
+    if name_or_path == TINY:
         size = tiny_settings or TinySettings()
-        tokenizer = tiny.train_tokenizer(texts, size.vocab_size)
         config = tiny.tiny_config(
             len(tokenizer),
             pad_token_id=tokenizer.pad_token_id,
@@ -84,13 +101,11 @@ def load_model_and_tokenizer(
         )
         model = tiny.tiny_model(config, seed=size.seed, dtype=dtype)
     else:
-        tokenizer = load_tokenizer(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa")
         ensure_pad_token(tokenizer, model)
-    model.to(device)
     if lora is not None:
         model = get_peft_model(model, lora_config(lora))
-    return model, tokenizer
+    return model
 
 
 def lora_config(settings: LoraSettings) -> LoraConfig:

@@ -16,7 +16,9 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -32,6 +34,7 @@ from ray.train.torch import TorchTrainer
 from genrec.config import SFTConfig, from_dict, save_config
 from genrec.data.templates import get_template
 from genrec.data.tokenize import tokenize_split
+from genrec.models import loading
 from genrec.models.loading import LoraSettings, TinySettings, save_checkpoint
 from genrec.runtime import init_ray
 from genrec.train.batching import TokenRows
@@ -42,6 +45,9 @@ log = logging.getLogger("genrec.train")
 TEMPLATE = "genrec"
 FAILED_ONCE = ".failed_once"  # marker for the fail_at_step test hook
 METRICS_FILE = "metrics.jsonl"
+FINAL, BEST = "final", "best"
+SOURCE_FILE = "genrec_source.json"
+HEALTH_CHECK_INTERVAL_S = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0))  # what the tokenizer and token shards were built from
 
 
 # ------------------------------------------------------------------------------------ the driver
@@ -67,7 +73,7 @@ def train_sft(cfg: SFTConfig) -> dict:
         ),
     )
     result = trainer.fit()
-    final = json.loads((out / "final" / "genrec.json").read_text())["metrics"]
+    final = json.loads((out / FINAL / "genrec.json").read_text())["metrics"]
     log.info("sft done: %s (checkpoint %s)", {k: final.get(k) for k in ("step", "loss", "valid_loss")}, result.checkpoint)
     return final
 
@@ -75,8 +81,15 @@ def train_sft(cfg: SFTConfig) -> dict:
 def build_tokenizer(cfg: SFTConfig, out: Path) -> Path:
     """The tokenizer every worker and the tokenization step load: saved once in out_dir/tokenizer."""
     path = out / "tokenizer"
-    if (path / "tokenizer_config.json").exists():
-        return path  # a resumed run must keep the ids its checkpoint was trained with
+    source = {"model": cfg.model, "vocab_size": cfg.vocab_size, "max_len": cfg.max_len,
+              "data_dir": str(Path(cfg.data_dir).resolve())}
+    if (path / SOURCE_FILE).exists():
+        built = json.loads((path / SOURCE_FILE).read_text())
+        if built != source:
+            raise ValueError(f"{out} holds a tokenizer and token shards built from {built}, not {source}; "
+                             "use a new out_dir (a resumed run must keep the token ids it was trained with)")
+        return path
+    shutil.rmtree(out / "tokens", ignore_errors=True)  # shards of an interrupted first run
     if cfg.model == "tiny":
         from genrec.models.tiny import train_tokenizer
 
@@ -86,6 +99,7 @@ def build_tokenizer(cfg: SFTConfig, out: Path) -> Path:
 
         tokenizer = load_tokenizer(cfg.model)
     tokenizer.save_pretrained(path)
+    (path / SOURCE_FILE).write_text(json.dumps(source, indent=2))
     return path
 
 
@@ -127,6 +141,7 @@ def sft_worker(ctx: dict) -> None:
     from genrec.models.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
+    torch.manual_seed(cfg.seed)  # LoRA adapters are initialised from the global generator
     model = build_model(cfg, tokenizer).to(device)
     model = wrap_model(model, cfg, world_size)
     train_rows = load_rows(ctx["tokens"]["train"])
@@ -144,34 +159,21 @@ def sft_worker(ctx: dict) -> None:
     result = train_loop(cfg, model, train_rows, valid_rows, world_size=world_size, rank=rank,
                         resume_state=resume, report=reporter)
     final = {k: v for k, v in result.items() if isinstance(v, (int, float))}
-    reporter.export(out / "final", dict(final, skipped=result["skipped"]))
+    if "step" not in final and (out / FINAL / "genrec.json").exists():
+        return  # resumed at the last step of a finished run: nothing trained, final/ stands
+    reporter.export(out / FINAL, dict(final, skipped=result["skipped"]))
 
 
 def build_model(cfg: SFTConfig, tokenizer) -> torch.nn.Module:
-    if cfg.model == "tiny":
-        from genrec.models.tiny import tiny_config, tiny_model
-
-        settings = TinySettings(vocab_size=len(tokenizer), hidden_size=cfg.tiny_hidden,
-                                num_hidden_layers=cfg.tiny_layers, num_attention_heads=cfg.tiny_heads,
-                                max_position_embeddings=max(1024, cfg.max_len), seed=cfg.seed)
-        config = tiny_config(settings.vocab_size, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                             bos_token_id=tokenizer.bos_token_id, hidden_size=settings.hidden_size,
-                             num_hidden_layers=settings.num_hidden_layers, num_attention_heads=settings.num_attention_heads,
-                             max_position_embeddings=settings.max_position_embeddings)
-        model = tiny_model(config, seed=cfg.seed)
-    else:
-        from transformers import AutoModelForCausalLM
-
-        dtype = torch.bfloat16 if cfg.use_gpu else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, attn_implementation="sdpa")
-    if cfg.lora:
-        from peft import get_peft_model
-
-        from genrec.models.loading import lora_config
-
-        model = get_peft_model(model, lora_config(LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
-                                                                cfg.lora_target_modules)))
-    return model
+    """fp32 master weights everywhere: the loop autocasts to bf16 on GPU, where bf16 weights would
+    lose AdamW's small updates."""
+    tiny = TinySettings(vocab_size=len(tokenizer), hidden_size=cfg.tiny_hidden, num_hidden_layers=cfg.tiny_layers,
+                        num_attention_heads=cfg.tiny_heads, max_position_embeddings=max(1024, cfg.max_len),
+                        seed=cfg.seed)
+    targets = cfg.lora_target_modules
+    lora = LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
+                        "all-linear" if targets == ["all-linear"] else targets) if cfg.lora else None
+    return loading.build_model(cfg.model, tokenizer, dtype=torch.float32, tiny_settings=tiny, lora=lora)
 
 
 def wrap_model(model: torch.nn.Module, cfg: SFTConfig, world_size: int) -> torch.nn.Module:
@@ -191,9 +193,12 @@ def wrap_model(model: torch.nn.Module, cfg: SFTConfig, world_size: int) -> torch
 
 
 def load_rows(path: str, limit: int = 0) -> TokenRows:
-    table = pads.dataset(path, format="parquet").to_table(columns=["input_ids", "labels"])
+    """Token rows in a fixed order, (user_id, position), whatever order Ray Data wrote the files in,
+    so a seed gives the same batches and the same validation subsample on every run."""
+    table = pads.dataset(path, format="parquet").to_table(columns=["input_ids", "labels", "user_id", "position"])
+    table = table.sort_by([("user_id", "ascending"), ("position", "ascending")])
     if limit and table.num_rows > limit:
-        table = table.slice(0, limit)  # the same subsample on every worker and every run
+        table = table.slice(0, limit)
     return TokenRows.from_table(table)
 
 
@@ -203,7 +208,7 @@ class Reporter:
 
     def __init__(self, cfg: SFTConfig, model, tokenizer, out: Path, rank: int):
         self.cfg, self.model, self.tokenizer, self.out, self.rank = cfg, model, tokenizer, out, rank
-        self.best = _recorded_valid_loss(out / "best")
+        self.best = _recorded_valid_loss(out / BEST)
 
     def __call__(self, metrics: dict, state: dict | None) -> None:
         self._maybe_fail(metrics.get("step", 0))
@@ -214,7 +219,7 @@ class Reporter:
         # valid_loss is all-reduced, so every rank takes this branch together (FSDP gathers in it).
         if "valid_loss" in metrics and metrics["valid_loss"] < self.best:
             self.best = metrics["valid_loss"]
-            self.export(self.out / "best", metrics)
+            self.export(self.out / BEST, metrics)
         if state is None:
             # ray.train.report is a barrier across workers (about 2 s a call measured here on CPU), so
             # training-loss lines go to the plain log only; validation results and checkpoints to Ray.
@@ -238,10 +243,16 @@ class Reporter:
             save_checkpoint(path, model, self.tokenizer, "sft", dataclasses.asdict(self.cfg), metrics, state_dict=weights)
 
     def _maybe_fail(self, step: int) -> None:
-        """Test hook: exit this worker process once at `fail_at_step`, as a crash would."""
+        """Test hook: exit this worker process once at `fail_at_step`, as a crash would.
+
+        It first waits for Ray Train's controller to collect the reports made so far (it polls
+        workers every 2 s by default): a worker that dies sooner loses its last report, checkpoint
+        included, and the run restarts from the one before, which would test nothing.
+        """
         marker = self.out / FAILED_ONCE
         if self.cfg.fail_at_step and step == self.cfg.fail_at_step and not marker.exists():
             marker.write_text(str(step))
+            time.sleep(3 * HEALTH_CHECK_INTERVAL_S)
             os._exit(1)
 
 

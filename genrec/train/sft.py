@@ -421,7 +421,11 @@ def train_loop(
     optimizer = build_optimizer(model, cfg, device)
     total_steps = cfg.max_steps or sum(len(plan.steps(e)) for e in range(cfg.epochs))
     scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
+    plan_key = plan_fingerprint(cfg, world_size)
     if resume_state is not None:
+        if resume_state.get("plan", plan_key) != plan_key:
+            raise ValueError(f"cannot resume: the checkpoint's data plan {resume_state['plan']} differs from this "
+                             f"run's {plan_key}; resume with the same settings or use a new out_dir")
         position = restore_training_state(resume_state, model, optimizer, scheduler)
     else:
         _seed_everything(cfg.seed + rank)
@@ -464,7 +468,7 @@ def train_loop(
             if rank == 0:
                 log.info("step %d/%d | valid_loss %.4f", step, total_steps, metrics["valid_loss"])
         if wants_state and ((cfg.save_every and step % cfg.save_every == 0) or last):
-            state = training_state(model, optimizer, scheduler, position)
+            state = dict(training_state(model, optimizer, scheduler, position), plan=plan_key)
             if checkpoint_dir is not None and rank == 0:
                 save_state(state, checkpoint_dir)
         if metrics:
@@ -472,6 +476,13 @@ def train_loop(
         if report is not None and (metrics or state is not None):
             report(dict(metrics, step=step), state)
     return {**_last_values(history), "skipped": plan.skipped, "history": history}
+
+
+def plan_fingerprint(cfg: SFTConfig, world_size: int) -> dict:
+    """The settings that decide which rows each step sees: a resumed run must match them, or its
+    saved data position would point into a different plan."""
+    keys = ("seed", "batching", "max_len", "pack_len", "micro_batch_tokens", "grad_accum", "max_steps", "epochs")
+    return {"world_size": world_size, **{k: getattr(cfg, k) for k in keys}}
 
 
 def _last_values(history: list[dict]) -> dict:
