@@ -14,7 +14,9 @@ def init_ray(object_store_gb: float = 0.0) -> None:
     """
     if ray.is_initialized():
         return
-    kwargs: dict = {"include_dashboard": False, "configure_logging": False}
+    # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls: without
+    # it that actor logs a warning every few seconds after each training run.
+    kwargs: dict = {"configure_logging": False}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
     else:
