@@ -1,0 +1,107 @@
+"""Catalog-constrained beam search: top-K distinct catalog items per user, batched, KV cache reused.
+
+Written by hand rather than through `generate(prefix_allowed_tokens_fn=...)` because that calls a
+Python function per beam per step and cannot tell when K items are certain; here the trie answers
+for every beam of every user in one vectorised call, and a user stops once no open beam can beat
+its K-th finished item.
+
+Scores are summed log-probabilities of the title tokens and EOS; `length_penalty` a > 0 divides a
+finished item's score by its length ** a (then the early stop is off, since a longer title may
+overtake). As in transformers' beam search, a finished hypothesis (an EOS step) is kept only when it
+ranks among the best `num_beams` candidates of its step, which makes num_beams = 1 exactly greedy
+constrained decoding. With num_beams at least the catalog size no prefix is ever dropped, and the
+top K equal scoring every item one by one.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from genrec.rec.trie import CatalogTrie
+
+
+@torch.no_grad()
+def constrained_beam_search(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    trie: CatalogTrie,
+    *,
+    num_beams: int,
+    top_k: int,
+    pad_id: int,
+    length_penalty: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(items, scores), each (len(prompts), top_k): catalog item indices (-1 where fewer were found)
+    and their scores, best first, for one batch of tokenized prompts."""
+    if num_beams < top_k:
+        raise ValueError(f"num_beams ({num_beams}) must be at least top_k ({top_k})")
+    n, beams = len(prompts), num_beams
+    device = next(model.parameters()).device
+
+    # Left-pad the prompts so every user's next token sits in the last column.
+    width = max(len(p) for p in prompts)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        attention[row, width - len(prompt):] = 1
+    ids, attention = ids.to(device), attention.to(device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(beams)
+    log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).repeat_interleave(beams, dim=0)
+    attention = attention.repeat_interleave(beams, dim=0)
+    next_position = positions[:, -1:].repeat_interleave(beams, dim=0) + 1
+    vocab = log_probs.shape[-1]
+
+    # Every user starts from one open beam (the others at -inf so the first step does not repeat it).
+    beam_scores = torch.full((n, beams), float("-inf"), device=device)
+    beam_scores[:, 0] = 0.0
+    nodes = np.zeros(n * beams, dtype=np.int64)  # trie node of each beam
+    done_scores = torch.full((n, top_k), float("-inf"), device=device)
+    done_items = torch.full((n, top_k), -1, dtype=torch.long, device=device)
+    rank = torch.arange(2 * beams, device=device).expand(n, -1)
+
+    for depth in range(trie.max_depth):
+        allowed = torch.from_numpy(trie.allowed_mask(nodes, vocab)).to(device)
+        scores = (log_probs.masked_fill(~allowed, float("-inf")) + beam_scores.view(-1, 1)).view(n, beams * vocab)
+        cand_scores, cand_index = scores.topk(min(2 * beams, beams * vocab), dim=1)
+        source = cand_index // vocab + torch.arange(n, device=device).view(-1, 1) * beams  # global beam
+        token = cand_index % vocab
+        alive = torch.isfinite(cand_scores)
+        ends = alive & (token == trie.eos_id)
+
+        # Finished items: EOS candidates among the step's best `beams`.
+        finished = ends & (rank[:, : cand_scores.shape[1]] < beams)
+        if finished.any():
+            leaf = trie.step(nodes[source.cpu().numpy()], token.cpu().numpy())
+            items = torch.from_numpy(trie.item_of(leaf)).to(device)
+            final = cand_scores / float(depth + 1) ** length_penalty if length_penalty else cand_scores
+            final = final.masked_fill(~finished, float("-inf"))
+            done_scores, keep = torch.cat([done_scores, final], 1).topk(top_k, dim=1)
+            done_items = torch.cat([done_items, items.masked_fill(~finished, -1)], 1).gather(1, keep)
+
+        # Open beams: the best `beams` candidates that do not end; missing ones stay dead (-inf).
+        opens = alive & ~ends
+        order = torch.where(opens, rank[:, : cand_scores.shape[1]], rank[:, : cand_scores.shape[1]] + 2 * beams)
+        pick = order.argsort(dim=1)[:, :beams]
+        picked_open = opens.gather(1, pick)
+        beam_scores = cand_scores.gather(1, pick).masked_fill(~picked_open, float("-inf"))
+        source = source.gather(1, pick).view(-1)
+        token = token.gather(1, pick).masked_fill(~picked_open, pad_id).view(-1)
+        source_np, token_np = source.cpu().numpy(), token.cpu().numpy()
+        nodes = np.where(picked_open.view(-1).cpu().numpy(), trie.step(nodes[source_np], token_np), -1)
+
+        if not picked_open.any() or (not length_penalty and bool((done_scores[:, -1] >= beam_scores.max(1).values).all())):
+            break  # nothing open, or no open beam can still beat any user's K-th item
+        cache.reorder_cache(source)
+        attention = torch.cat([attention[source], torch.ones_like(attention[:, :1])], dim=1)
+        next_position = next_position[source]
+        out = model(input_ids=token.view(-1, 1), attention_mask=attention, position_ids=next_position,
+                    past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        next_position = next_position + 1
+
+    return done_items.cpu().numpy(), done_scores.cpu().numpy()
