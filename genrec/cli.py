@@ -38,11 +38,19 @@ def _train_sft(cfg):
     return train_sft(cfg)
 
 
+def _evaluate(cfg):
+    from genrec.rec.evaluate import evaluate
+
+    return evaluate(cfg)
+
+
 VERBS = {
     "prepare": Verb("prepare", C.PrepareConfig, _prepare,
                     "interaction log -> leave-one-out train/valid/test GenRec prompt parquet (Ray Data)"),
     "train-sft": Verb("train-sft", C.SFTConfig, _train_sft,
                       "fine-tune the generator on prepared prompts (Ray Train, DDP or FSDP, LoRA optional)"),
+    "evaluate": Verb("evaluate", C.EvaluateConfig, _evaluate,
+                     "HR@K / NDCG@K over the whole catalog: constrained beam search, or model=pop / sasrec"),
     "data synth interactions": Verb("data synth interactions", C.SynthInteractionsConfig, _synth_interactions,
                                     "write the synthetic catalog and user logs (the embedded default data)"),
 }

@@ -321,3 +321,32 @@ class SFTConfig:
         """Width of one row of a micro-batch: packed rows are pack_len wide, padded ones at most max_len."""
         return (self.pack_len or self.max_len) if self.batching == "packed" else self.max_len
 
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    """Full-catalog ranking on a prepared split: a generative checkpoint or a baseline."""
+
+    data_dir: str = field("runs/prepared", "prepared folder from `genrec prepare` (its split and catalog.parquet)")
+    model: str = field("checkpoint", "checkpoint (the one in checkpoint_dir), pop (most popular) or sasrec")
+    checkpoint_dir: str = field("runs/sft/final", "HF-format checkpoint from `genrec train-sft` (model=checkpoint)")
+    out_dir: str = field("runs/eval", "output folder: per_user.parquet, report.json, report.md, config.yaml")
+    split: Literal["test", "valid"] = field("test", "which target to rank")
+    ks: list[int] = field([1, 5, 10, 20], "cut-offs for HR@K and NDCG@K")
+    top_k: int = field(20, "items returned per user (at least the largest k)")
+    num_beams: int = field(20, "beams per user in constrained beam search (at least top_k)")
+    length_penalty: float = field(0.0, "0: rank by summed log-probability; a > 0 divides by length ** a")
+    max_len: int = field(512, "prompt + longest title in tokens; oldest history titles are dropped to fit")
+    max_users: int = field(0, "rank only the first N users by id (0 = all): a fast check")
+    batch_size: int = field(16, "users per beam-search batch")
+    num_actors: int = field(1, "Ray Data actors, each with the model loaded once (one GPU each where present)")
+    exclude_history: bool = field(False, "baselines: drop each user's history items from the ranking")
+    sasrec_epochs: int = field(200, "sasrec: the most epochs (early stopping on validation NDCG@10)")
+    seed: int = field(0, "seed for the baselines' training")
+
+    def __post_init__(self) -> None:
+        if self.model not in ("checkpoint", "pop", "sasrec"):
+            raise ConfigError(f"model: {self.model!r} is not one of ['checkpoint', 'pop', 'sasrec']")
+        if self.num_beams < self.top_k:
+            raise ConfigError(f"num_beams: must be at least top_k={self.top_k}, got {self.num_beams}")
+        if not self.ks or min(self.ks) < 1 or max(self.ks) > self.top_k:
+            raise ConfigError(f"ks: each must be in 1..top_k={self.top_k}, got {self.ks}")

@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from genrec.config import PrepareConfig, SFTConfig, SourceConfig, SynthInteractionsConfig
+from genrec.config import EvaluateConfig, PrepareConfig, SFTConfig, SourceConfig, SynthInteractionsConfig
 
 
 def run_demo(out: str) -> dict:
@@ -49,6 +49,20 @@ def run_demo(out: str) -> dict:
     summary["sft"] = {"steps": final["step"], "valid_loss_start": valid[0], "valid_loss_end": valid[-1],
                       "real_tokens_per_s": final.get("real_tokens_per_s"), "model": str(run / "sft" / "final")}
 
+    started = time.time()
+    from genrec.rec.evaluate import evaluate
+
+    # Constrained beam search on CPU ranks ~10 users/s here, so the demo scores the first 400 test
+    # users by id; `genrec evaluate max_users=0` scores all of them.
+    evaluated = {
+        "genrec": evaluate(EvaluateConfig(data_dir=str(run / "prepared"), checkpoint_dir=str(run / "sft" / "final"),
+                                          out_dir=str(run / "eval" / "genrec"), max_users=400, num_actors=2)),
+        "pop": evaluate(EvaluateConfig(data_dir=str(run / "prepared"), model="pop", out_dir=str(run / "eval" / "pop"))),
+    }
+    timings["evaluate"] = time.time() - started
+    summary["evaluate"] = {name: {"users": r["users"], **{k: round(r["metrics"][k], 4) for k in ("hr@10", "ndcg@10")},
+                                  "hallucination_rate": r["hallucination_rate"]} for name, r in evaluated.items()}
+
     summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
     _print_table(summary)
@@ -68,6 +82,12 @@ def _print_table(summary: dict) -> None:
         f"| sft (tiny, 2 workers) | {summary['sft']['steps']} steps, validation loss "
         f"{summary['sft']['valid_loss_start']:.3f} -> {summary['sft']['valid_loss_end']:.3f} "
         f"| {summary['timings_s']['sft']} |",
+    ]
+    for name, e in summary["evaluate"].items():
+        lines.append(f"| evaluate {name} ({e['users']} test users) | HR@10 {e['hr@10']:.4f}, NDCG@10 {e['ndcg@10']:.4f}, "
+                     f"hallucinated {e['hallucination_rate']:.0%} | |")
+    lines += [
+        f"| (evaluate, both) | | {summary['timings_s']['evaluate']} |",
         "",
     ]
     print("\n".join(lines))
