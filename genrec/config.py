@@ -334,6 +334,9 @@ class EvaluateConfig:
     ks: list[int] = field([1, 5, 10, 20], "cut-offs for HR@K and NDCG@K")
     top_k: int = field(20, "items returned per user (at least the largest k)")
     num_beams: int = field(20, "beams per user in constrained beam search (at least top_k)")
+    decoding: Literal["constrained", "unconstrained"] = field(
+        "constrained", "constrained: beams follow the catalog trie; unconstrained: plain beam search, titles "
+        "matched exactly (GenRec's scoring), with the hallucination rate")
     length_penalty: float = field(0.0, "0: rank by summed log-probability; a > 0 divides by length ** a")
     max_len: int = field(512, "prompt + longest title in tokens; oldest history titles are dropped to fit")
     max_users: int = field(0, "rank only the first N users by id (0 = all): a fast check")

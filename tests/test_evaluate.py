@@ -53,3 +53,19 @@ def test_most_popular_in_the_same_harness(prepared_and_checkpoint):
     report = evaluate(EvaluateConfig(data_dir=str(root / "prepared"), model="pop", out_dir=str(root / "pop")))
     assert report["users"] == 120 and set(report["metrics"]) == {f"{m}@{k}" for m in ("hr", "ndcg") for k in (1, 5, 10, 20)}
     assert 0 < report["metrics"]["hr@20"] <= 1
+
+
+def test_unconstrained_decoding_reports_hallucinations(prepared_and_checkpoint):
+    """An untrained model's free beams rarely spell a catalog title: the rate must say so."""
+    root = prepared_and_checkpoint
+    report = evaluate(EvaluateConfig(data_dir=str(root / "prepared"), checkpoint_dir=str(root / "ckpt"),
+                                     out_dir=str(root / "free"), max_users=8, batch_size=8, top_k=5,
+                                     num_beams=5, ks=[1, 5], decoding="unconstrained"))
+    per_user = pq.read_table(root / "free" / "per_user.parquet")
+    titles = set(pq.read_table(root / "prepared" / "catalog.parquet").column("title").to_pylist())
+    generated = [t for row in per_user.column("generated_titles").to_pylist() for t in row]
+    assert len(generated) == 40
+    assert report["hallucination_rate"] == pytest.approx(np.mean([t not in titles for t in generated]))
+    assert report["hallucination_rate"] > 0.5
+    ranked = np.array(per_user.column("ranked_items").to_pylist())
+    assert ((ranked == -1) | ((ranked >= 0) & (ranked < len(titles)))).all()

@@ -2,7 +2,8 @@
 
 Generative models rank with catalog-constrained beam search (genrec/rec/beam.py) over the trie of
 the exact token sequences used in training (`response_ids`), so every returned item is a catalog
-item. Users are spread over a Ray Data actor pool: each actor loads the model and builds the trie
+item; `decoding=unconstrained` runs plain beam search instead and scores it as GenRec did (exact
+title match), with the hallucination rate: the share of returned titles that name no item. Users are spread over a Ray Data actor pool: each actor loads the model and builds the trie
 once, then ranks batches of users. Baselines (`model=pop`, `model=sasrec`) run in the same split
 and the same metric code. Outputs in out_dir: `per_user.parquet` (ranked item ids and scores per
 user, so a run can be rescored), `report.json` and `report.md`.
@@ -41,6 +42,7 @@ class RankUsers:
         self.model, self.tokenizer, _ = load_checkpoint(checkpoint, device=device)
         self.model.eval()
         titles = pq.read_table(catalog_path, columns=["title"]).column("title").to_pylist()
+        self.title_index = {title: index for index, title in enumerate(titles)}
         self.item_ids = pq.read_table(catalog_path, columns=["item_id"]).column("item_id").combine_chunks()
         self.trie = CatalogTrie.build(batch_response_ids(self.tokenizer, titles), self.tokenizer.eos_token_id)
         self.cfg = cfg
@@ -55,16 +57,46 @@ class RankUsers:
         blank = [dict(r, output="") for r in rows]
         budget = self.cfg.max_len - self.trie.max_depth + 1
         prompts = [e["input_ids"][:-1] for e in tokenize_rows(self.tokenizer, self.template, blank, budget)]
-        items, scores = constrained_beam_search(
-            self.model, prompts, self.trie, num_beams=self.cfg.num_beams, top_k=self.cfg.top_k,
-            pad_id=self.tokenizer.pad_token_id, length_penalty=self.cfg.length_penalty,
-        )
-        return pa.table({
-            "user_id": batch.column("user_id"),
-            "target_item_id": batch.column("target_item_id"),
-            "ranked_items": pa.array(items.tolist(), pa.list_(pa.int64())),
-            "scores": pa.array(scores.tolist(), pa.list_(pa.float32())),
-        })
+        columns = {"user_id": batch.column("user_id"), "target_item_id": batch.column("target_item_id")}
+        if self.cfg.decoding == "constrained":
+            items, scores = constrained_beam_search(
+                self.model, prompts, self.trie, num_beams=self.cfg.num_beams, top_k=self.cfg.top_k,
+                pad_id=self.tokenizer.pad_token_id, length_penalty=self.cfg.length_penalty,
+            )
+        else:
+            items, scores, texts = self._free_beam_search(prompts)
+            columns["generated_titles"] = pa.array(texts, pa.list_(pa.string()))
+        columns["ranked_items"] = pa.array(items.tolist(), pa.list_(pa.int64()))
+        columns["scores"] = pa.array(scores.tolist(), pa.list_(pa.float32()))
+        return pa.table(columns)
+
+    def _free_beam_search(self, prompts: list[list[int]]):
+        """Unconstrained beam search as GenRec scored it: transformers' `generate`, and a returned
+        title counts only if it is exactly a catalog title (-1 otherwise: a hallucinated item)."""
+        import torch
+
+        n, k, pad = len(prompts), self.cfg.top_k, self.tokenizer.pad_token_id
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device)
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=ids, attention_mask=attention, num_beams=self.cfg.num_beams, num_return_sequences=k,
+                max_new_tokens=self.trie.max_depth, length_penalty=self.cfg.length_penalty, do_sample=False,
+                early_stopping=True, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
+                output_scores=True, return_dict_in_generate=True,
+            )
+        texts = self.tokenizer.batch_decode(out.sequences[:, width:], skip_special_tokens=True)
+        scores = out.sequences_scores.float().cpu().numpy().reshape(n, k)
+        items = np.full((n, k), -1, dtype=np.int64)
+        for user in range(n):
+            seen = set()
+            for rank in range(k):
+                item = self.title_index.get(texts[user * k + rank], -1)
+                if item >= 0 and item not in seen:  # a title returned twice counts once
+                    items[user, rank] = item
+                    seen.add(item)
+        return items, scores, [texts[user * k:(user + 1) * k] for user in range(n)]
 
 
 def evaluate(cfg: EvaluateConfig) -> dict:
@@ -119,11 +151,17 @@ def _evaluate_generative(cfg: EvaluateConfig, out: Path) -> dict:
     targets = np.asarray(pa.compute.index_in(per_user.column("target_item_id"), value_set=catalog_ids))
     metrics = ranking_metrics(ranked_items, targets, ks=tuple(cfg.ks))
     found = ranked_items >= 0
-    returned = ranked_items[found]
+    if cfg.decoding == "unconstrained":
+        titles = set(pq.read_table(data / "catalog.parquet", columns=["title"]).column("title").to_pylist())
+        generated = [t for row in per_user.column("generated_titles").to_pylist() for t in row]
+        hallucination = float(np.mean([t not in titles for t in generated])) if generated else 0.0
+    else:
+        # Share of returned ids that name no catalog item: 0 by construction under the trie, measured anyway.
+        returned = ranked_items[found]
+        hallucination = float((returned >= len(catalog_ids)).mean()) if len(returned) else 0.0
     return {
         "model": cfg.checkpoint_dir, "split": cfg.split, "users": int(per_user.num_rows), "metrics": metrics,
-        # Share of returned ids that name no catalog item: 0 by construction under the trie, measured anyway.
-        "hallucination_rate": float((returned >= len(catalog_ids)).mean()) if len(returned) else 0.0,
+        "decoding": cfg.decoding, "hallucination_rate": hallucination,
         "items_returned_per_user": float(found.sum(1).mean()),
         "coverage@10": catalog_coverage(ranked_items, len(catalog_ids), min(10, cfg.top_k)),
         "num_beams": cfg.num_beams,
