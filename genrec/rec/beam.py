@@ -64,7 +64,7 @@ def constrained_beam_search(
     rank = torch.arange(2 * beams, device=device).expand(n, -1)
 
     for depth in range(trie.max_depth):
-        allowed = torch.from_numpy(trie.allowed_mask(nodes, vocab)).to(device)
+        allowed = _allowed_mask(trie, nodes, vocab, device)
         scores = (log_probs.masked_fill(~allowed, float("-inf")) + beam_scores.view(-1, 1)).view(n, beams * vocab)
         cand_scores, cand_index = scores.topk(min(2 * beams, beams * vocab), dim=1)
         source = cand_index // vocab + torch.arange(n, device=device).view(-1, 1) * beams  # global beam
@@ -105,3 +105,13 @@ def constrained_beam_search(
         next_position = next_position + 1
 
     return done_items.cpu().numpy(), done_scores.cpu().numpy()
+
+
+def _allowed_mask(trie: CatalogTrie, nodes: np.ndarray, vocab: int, device: torch.device) -> torch.Tensor:
+    """(beams, vocab) mask built on the model's device from the trie's (few) allowed tokens, so only
+    index arrays cross to a GPU, not a beams x vocab array (97 MB a step at a 152k vocabulary)."""
+    tokens, offsets = trie.allowed_tokens(nodes)
+    rows = np.repeat(np.arange(len(nodes)), np.diff(offsets))
+    mask = torch.zeros((len(nodes), vocab), dtype=torch.bool, device=device)
+    mask[torch.from_numpy(rows).to(device), torch.from_numpy(tokens).to(device)] = True
+    return mask
