@@ -44,6 +44,12 @@ def _evaluate(cfg):
     return evaluate(cfg)
 
 
+def _synth_jobs(cfg):
+    from genrec.data.jobs_synth import synth_jobs
+
+    return synth_jobs(cfg.out_dir, cfg.num_cvs, cfg.num_jds, cfg.seed, per_cv=cfg.per_cv)
+
+
 VERBS = {
     "prepare": Verb("prepare", C.PrepareConfig, _prepare,
                     "interaction log -> leave-one-out train/valid/test GenRec prompt parquet (Ray Data)"),
@@ -53,6 +59,8 @@ VERBS = {
                      "HR@K / NDCG@K over the whole catalog: constrained beam search, or model=pop / sasrec"),
     "data synth interactions": Verb("data synth interactions", C.SynthInteractionsConfig, _synth_interactions,
                                     "write the synthetic catalog and user logs (the embedded default data)"),
+    "data synth jobs": Verb("data synth jobs", C.SynthJobsConfig, _synth_jobs,
+                            "write the synthetic job market (CVs, JDs, recruiter feedback) with its hidden true fit"),
 }
 
 

@@ -58,6 +58,17 @@ class SourceConfig:
 
 
 @dataclasses.dataclass
+class SynthJobsConfig:
+    """A synthetic job market (CVs, JDs, recruiter feedback) with a hidden true fit (GIRL data)."""
+
+    out_dir: str = field("runs/synth_jobs", "output folder: cvs, jds, interactions, truth (.parquet), synth.json")
+    num_cvs: int = field(2000, "CVs (job seekers)")
+    num_jds: int = field(1500, "job descriptions")
+    per_cv: int = field(10, "JDs shown to each CV in the recruiter feedback (half of the CV's own role)")
+    seed: int = field(0, "random seed: the same seed gives the same files")
+
+
+@dataclasses.dataclass
 class PrepareConfig:
     """Interaction log -> per-user sequences -> leave-one-out split -> GenRec prompt rows."""
 
