@@ -54,8 +54,10 @@ def losses(out):
 def test_validation_loss_falls_and_models_are_saved_on_cpu(prepared):
     final, out = run(prepared, "learn", max_steps=30, eval_every=10, save_every=10)
     reports = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
-    valid = [m["valid_loss"] for m in reports if "valid_loss" in m]
-    assert reports[0]["step"] == 0 and len(valid) == 4
+    # one value per step: a worker restarted under load repeats steps (with the same values)
+    by_step = {m["step"]: m["valid_loss"] for m in reports if "valid_loss" in m}
+    assert reports[0]["step"] == 0 and sorted(by_step) == [0, 10, 20, 30]
+    valid = [by_step[step] for step in sorted(by_step)]
     assert valid[-1] < valid[0] - 1.0, valid  # from ~ln(vocab) down clearly
     assert final["step"] == 30
     best = json.loads((out / "best" / "genrec.json").read_text())
