@@ -32,9 +32,10 @@ def prepared_and_checkpoint(ray_session, tmp_path_factory):
 
 def test_checkpoint_ranks_distinct_catalog_items_and_report_rescores(prepared_and_checkpoint):
     root = prepared_and_checkpoint
+    # max_len leaves room for only a few history titles: prompts must be shortened, titles whole
     report = evaluate(EvaluateConfig(data_dir=str(root / "prepared"), checkpoint_dir=str(root / "ckpt"),
                                      out_dir=str(root / "out"), max_users=24, batch_size=8, top_k=10,
-                                     num_beams=10, ks=[1, 5, 10]))
+                                     num_beams=10, ks=[1, 5, 10], max_len=160))
     assert report["users"] == 24 and report["hallucination_rate"] == 0.0
     per_user = pq.read_table(root / "out" / "per_user.parquet")
     catalog = pq.read_table(root / "prepared" / "catalog.parquet").column("item_id").to_pylist()

@@ -43,7 +43,8 @@ class RankUsers:
         self.model.eval()
         titles = pq.read_table(catalog_path, columns=["title"]).column("title").to_pylist()
         self.title_index = {title: index for index, title in enumerate(titles)}
-        self.item_ids = pq.read_table(catalog_path, columns=["item_id"]).column("item_id").combine_chunks()
+        ids = pq.read_table(catalog_path, columns=["item_id"]).column("item_id").to_pylist()
+        self.titles_by_id = dict(zip(ids, titles))  # to drop whole titles from long prompts, even with ", " in them
         self.trie = CatalogTrie.build(batch_response_ids(self.tokenizer, titles), self.tokenizer.eos_token_id)
         self.cfg = cfg
         self.template = get_template("genrec")
@@ -56,7 +57,8 @@ class RankUsers:
         # The prompt as training saw it, its oldest titles dropped until the longest title fits.
         blank = [dict(r, output="") for r in rows]
         budget = self.cfg.max_len - self.trie.max_depth + 1
-        prompts = [e["input_ids"][:-1] for e in tokenize_rows(self.tokenizer, self.template, blank, budget)]
+        encoded = tokenize_rows(self.tokenizer, self.template, blank, budget, self.titles_by_id)
+        prompts = [e["input_ids"][:-1] for e in encoded]
         columns = {"user_id": batch.column("user_id"), "target_item_id": batch.column("target_item_id")}
         if self.cfg.decoding == "constrained":
             items, scores = constrained_beam_search(
