@@ -28,3 +28,19 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (real data sets live in ../shared/data beside the checkout)")
     return path
+
+
+def synth_and_prepare(root: Path, num_users: int, num_items: int, history_len: int, **prepare_args) -> dict:
+    """Synthetic interactions in root/synth, prepared into root/prepared (Ray must be running).
+    Returns the synth summary (paths of the interactions and catalog files)."""
+    from genrec.config import PrepareConfig, SourceConfig, SynthInteractionsConfig
+    from genrec.data.prepare import prepare
+    from genrec.data.synth import synth_interactions
+
+    synth = synth_interactions(SynthInteractionsConfig(out_dir=str(root / "synth"), num_users=num_users,
+                                                       num_items=num_items))
+    prepare(PrepareConfig(
+        source=SourceConfig(format="table", path=synth["interactions_path"], catalog_path=synth["catalog_path"]),
+        out_dir=str(root / "prepared"), history_len=history_len, **prepare_args,
+    ))
+    return synth

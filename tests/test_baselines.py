@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from genrec.config import PrepareConfig, SourceConfig, SynthInteractionsConfig
+from conftest import synth_and_prepare
+from genrec.config import PrepareConfig, SourceConfig
 from genrec.data.prepare import prepare
-from genrec.data.synth import synth_interactions
 from genrec.rec.baselines import (
     MostPopular, SASRec, SASRecConfig, evaluate_baseline, load_sequences, training_pairs,
 )
@@ -21,13 +21,8 @@ FAST = dict(epochs=12, eval_every=3, patience=2, lr=2e-3, dropout=0.2, seed=0)
 def synth_prepared(ray_session, tmp_path_factory):
     """600 synthetic users over 400 items, prepared with a short history window (H=5)."""
     root = tmp_path_factory.mktemp("baselines")
-    synth = synth_interactions(SynthInteractionsConfig(out_dir=str(root / "synth"), num_users=600, num_items=400))
-    out = root / "prepared"
-    prepare(PrepareConfig(
-        source=SourceConfig(format="table", path=synth["interactions_path"], catalog_path=synth["catalog_path"]),
-        out_dir=str(out), history_len=5, num_partitions=2,
-    ))
-    return out, synth
+    synth = synth_and_prepare(root, num_users=600, num_items=400, history_len=5, num_partitions=2)
+    return root / "prepared", synth
 
 
 def test_load_sequences_rebuilds_whole_sequences_beyond_the_window(synth_prepared):

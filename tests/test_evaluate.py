@@ -6,9 +6,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from genrec.config import EvaluateConfig, PrepareConfig, SourceConfig, SynthInteractionsConfig
-from genrec.data.prepare import prepare
-from genrec.data.synth import synth_interactions
+from conftest import synth_and_prepare
+from genrec.config import EvaluateConfig
 from genrec.models.loading import TinySettings, load_model_and_tokenizer, save_checkpoint
 from genrec.rec.evaluate import evaluate
 from genrec.rec.metrics import ranking_metrics
@@ -17,11 +16,7 @@ from genrec.rec.metrics import ranking_metrics
 @pytest.fixture(scope="module")
 def prepared_and_checkpoint(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    synth = synth_interactions(SynthInteractionsConfig(out_dir=str(root / "synth"), num_users=120, num_items=150))
-    prepare(PrepareConfig(
-        source=SourceConfig(format="table", path=synth["interactions_path"], catalog_path=synth["catalog_path"]),
-        out_dir=str(root / "prepared"), history_len=5,
-    ))
+    synth_and_prepare(root, num_users=120, num_items=150, history_len=5)
     titles = pq.read_table(root / "prepared" / "catalog.parquet").column("title").to_pylist()
     model, tokenizer = load_model_and_tokenizer(
         "tiny", texts=titles, device="cpu",

@@ -5,9 +5,8 @@ import shutil
 import pytest
 import torch
 
-from genrec.config import PrepareConfig, SFTConfig, SourceConfig, SynthInteractionsConfig
-from genrec.data.prepare import prepare
-from genrec.data.synth import synth_interactions
+from conftest import synth_and_prepare
+from genrec.config import SFTConfig
 from genrec.models.loading import load_checkpoint
 from genrec.train.launch import FAILED_ONCE, METRICS_FILE, train_sft
 
@@ -15,11 +14,7 @@ from genrec.train.launch import FAILED_ONCE, METRICS_FILE, train_sft
 @pytest.fixture(scope="module")
 def prepared(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("sft")
-    synth = synth_interactions(SynthInteractionsConfig(out_dir=str(root / "synth"), num_users=200, num_items=300))
-    prepare(PrepareConfig(
-        source=SourceConfig(format="table", path=synth["interactions_path"], catalog_path=synth["catalog_path"]),
-        out_dir=str(root / "prepared"), history_len=10,
-    ))
+    synth_and_prepare(root, num_users=200, num_items=300, history_len=10)
     return root
 
 
