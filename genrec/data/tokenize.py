@@ -193,7 +193,8 @@ def tokenize_split(
         fn_constructor_args=(tokenizer_dir, template_name, max_len, str(catalog_path) if catalog_path else None),
         batch_format="pyarrow",
         batch_size=512,
-        concurrency=(1, max(1, int(ray.available_resources().get("CPU", 1)))),
+        # `concurrency=` is deprecated since Ray 2.51; the pool grows to the cluster's CPUs.
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(ray.cluster_resources().get("CPU", 1)))),
     )
     tokens.write_parquet(str(out_dir), mode=ray.data.SaveMode.OVERWRITE)  # no stale shards from an earlier run
     stats = shard_stats(out_dir)

@@ -41,9 +41,9 @@ class RankUsers:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model, self.tokenizer, _ = load_checkpoint(checkpoint, device=device)
         self.model.eval()
-        titles = pq.read_table(catalog_path, columns=["title"]).column("title").to_pylist()
+        catalog = pq.read_table(catalog_path, columns=["item_id", "title"])
+        titles, ids = catalog.column("title").to_pylist(), catalog.column("item_id").to_pylist()
         self.title_index = {title: index for index, title in enumerate(titles)}
-        ids = pq.read_table(catalog_path, columns=["item_id"]).column("item_id").to_pylist()
         self.titles_by_id = dict(zip(ids, titles))  # to drop whole titles from long prompts, even with ", " in them
         self.trie = CatalogTrie.build(batch_response_ids(self.tokenizer, titles), self.tokenizer.eos_token_id)
         self.cfg = cfg
