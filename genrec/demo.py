@@ -1,93 +1,115 @@
-"""`genrec demo`: every stage on the embedded default (local Ray, synthetic data, tiny model).
+"""`genrec demo`: every stage on the embedded default (local Ray, synthetic data, tiny models).
 
-Stages are added here as they land; each reads what the one before it wrote, in one run folder.
+The stages are configs/pipeline_demo.yaml run by genrec.pipeline (the file a user edits, or submits
+with `ray job submit -- python ray_jobs/pipeline.py --config configs/pipeline_demo.yaml`); then the
+trained models go behind Ray Serve on 127.0.0.1, sample requests are sent and answered, Serve
+shuts down, and one table sums the run up. Everything lands in the run folder: pipeline.json,
+report.md with plots, summary.json.
 """
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
-from genrec.config import EvaluateConfig, PrepareConfig, SFTConfig, SourceConfig, SynthInteractionsConfig
+import genrec
+
+DEMO_CONFIG = Path(genrec.__file__).resolve().parents[1] / "configs" / "pipeline_demo.yaml"
 
 
 def run_demo(out: str) -> dict:
-    run = Path(out)
-    timings: dict[str, float] = {}
-    summary: dict = {}
+    from genrec.pipeline import load_pipeline, run_pipeline
 
+    if not DEMO_CONFIG.exists():
+        raise FileNotFoundError(f"{DEMO_CONFIG} is missing: `genrec demo` runs from a genrec checkout (make demo)")
+    run = Path(out).resolve()
     started = time.time()
-    from genrec.data.synth import synth_interactions
-
-    synth = SynthInteractionsConfig(out_dir=str(run / "synth"))
-    summary["synth"] = synth_interactions(synth)
-    timings["synth"] = time.time() - started
-
-    started = time.time()
-    from genrec.data.prepare import prepare
-
-    prepared = PrepareConfig(
-        source=SourceConfig(format="table", path=str(run / "synth" / "interactions.parquet"),
-                            catalog_path=str(run / "synth" / "catalog.parquet")),
-        out_dir=str(run / "prepared"),
-    )
-    stats = prepare(prepared)
-    timings["prepare"] = time.time() - started
-    summary["prepare"] = {k: stats[k] for k in ("users", "items", "interactions", "rows", "sequence_length")}
-
-    started = time.time()
-    from genrec.train.launch import train_sft
-
-    # About three minutes on 2 CPUs: 150 steps of 2 x 4096 tokens (a third of an epoch).
-    sft = SFTConfig(data_dir=str(run / "prepared"), out_dir=str(run / "sft"), model="tiny", max_len=512,
-                    micro_batch_tokens=4096, lr=1e-3, warmup_steps=15, max_steps=150, eval_every=50,
-                    save_every=50, log_every=25, num_workers=2)
-    final = train_sft(sft)
-    timings["sft"] = time.time() - started
-    reports = [json.loads(line) for line in (run / "sft" / "metrics.jsonl").read_text().splitlines()]
-    valid = [m["valid_loss"] for m in reports if "valid_loss" in m]
-    summary["sft"] = {"steps": final["step"], "valid_loss_start": valid[0], "valid_loss_end": valid[-1],
-                      "real_tokens_per_s": final.get("real_tokens_per_s"), "model": str(run / "sft" / "final")}
-
-    started = time.time()
-    from genrec.rec.evaluate import evaluate
-
-    # Constrained beam search on CPU ranks ~10 users/s here, so the demo scores the first 400 test
-    # users by id; `genrec evaluate max_users=0` scores all of them.
-    evaluated = {
-        "genrec": evaluate(EvaluateConfig(data_dir=str(run / "prepared"), checkpoint_dir=str(run / "sft" / "final"),
-                                          out_dir=str(run / "eval" / "genrec"), max_users=400, num_actors=2)),
-        "pop": evaluate(EvaluateConfig(data_dir=str(run / "prepared"), model="pop", out_dir=str(run / "eval" / "pop"))),
-    }
-    timings["evaluate"] = time.time() - started
-    summary["evaluate"] = {name: {"users": r["users"], **{k: round(r["metrics"][k], 4) for k in ("hr@10", "ndcg@10")},
-                                  "hallucination_rate": r["hallucination_rate"]} for name, r in evaluated.items()}
-
-    summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
-    (run / "summary.json").write_text(json.dumps(summary, indent=2))
-    _print_table(summary)
+    pipeline = run_pipeline(load_pipeline(str(DEMO_CONFIG), [f"out_dir={run}"]))
+    started_serve = time.time()
+    served = serve_and_ask(run)
+    summary = {"run": str(run), "stages": _stage_lines(pipeline["stages"]), "serve": served,
+               "timings_s": {**{n: s.get("seconds") for n, s in pipeline["stages"].items()},
+                             "serve": round(time.time() - started_serve, 1), "total": round(time.time() - started, 1)},
+               "report": pipeline.get("report")}
+    (run / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(table(summary))
     return summary
 
 
-def _print_table(summary: dict) -> None:
-    p = summary["prepare"]
-    lines = [
-        "",
-        "| stage | result | seconds |",
-        "| --- | --- | --- |",
-        f"| synth | {summary['synth'].get('users')} users, {summary['synth'].get('items')} items, "
-        f"{summary['synth'].get('interactions')} interactions | {summary['timings_s']['synth']} |",
-        f"| prepare | rows train/valid/test {p['rows']['train']}/{p['rows']['valid']}/{p['rows']['test']} "
-        f"| {summary['timings_s']['prepare']} |",
-        f"| sft (tiny, 2 workers) | {summary['sft']['steps']} steps, validation loss "
-        f"{summary['sft']['valid_loss_start']:.3f} -> {summary['sft']['valid_loss_end']:.3f} "
-        f"| {summary['timings_s']['sft']} |",
-    ]
-    for name, e in summary["evaluate"].items():
-        lines.append(f"| evaluate {name} ({e['users']} test users) | HR@10 {e['hr@10']:.4f}, NDCG@10 {e['ndcg@10']:.4f}, "
-                     f"hallucinated {e['hallucination_rate']:.0%} | |")
-    lines += [
-        f"| (evaluate, both) | | {summary['timings_s']['evaluate']} |",
-        "",
-    ]
-    print("\n".join(lines))
+def serve_and_ask(run: Path) -> dict:
+    """The demo's models behind one Serve app on a free loopback port: sample requests, then shut down."""
+    import httpx
+    import pyarrow.parquet as pq
+    from ray import serve
+
+    from genrec.config import ServeConfig, from_dict
+    from genrec.serve.launch import demo_requests, start_serve
+
+    generator = run / "ppo" / "final" if (run / "ppo" / "final").exists() else run / "sft_jobs" / "final"
+    # Three model replicas and the ingress on a 2-CPU machine: a fraction of a CPU each, or Serve
+    # waits forever for a CPU to schedule the last one.
+    cfg = from_dict(ServeConfig, {
+        "port": _free_port(), "blocking": False,
+        "recommender": {"checkpoint_dir": str(run / "sft" / "best"), "data_dir": str(run / "prepared"),
+                        "report_path": str(run / "eval" / "genrec" / "report.json"), "num_beams": 10,
+                        "num_cpus": 0.25},
+        "generator": {"checkpoint_dir": str(generator), "num_cpus": 0.25},
+        "matcher": {"reward_dir": str(run / "reward" / "final"), "generator_dir": str(generator),
+                    "jds_path": str(run / "jobs" / "jds.parquet"), "embedder": "tfidf", "num_cpus": 0.25},
+    })
+    url = start_serve(cfg)
+    try:
+        test = pq.read_table(run / "prepared" / "test").slice(0, 1).to_pylist()[0]
+        catalog = pq.read_table(run / "prepared" / "catalog.parquet", columns=["item_id", "title"])
+        titles = dict(zip(catalog.column("item_id").to_pylist(), catalog.column("title").to_pylist()))
+        history = list(test["history_item_ids"])[-3:]
+        answers = demo_requests(url, history, [titles[i] for i in history])
+        cv = pq.read_table(run / "jobs" / "cvs.parquet", columns=["text"]).column("text")[0].as_py()
+        jd = pq.read_table(run / "jobs" / "jds.parquet", columns=["text"]).column("text")[0].as_py()
+        with httpx.Client(base_url=url, timeout=300) as client:
+            for name, path, body in (("generate a JD", "/v1/jobs/generate", {"cv": cv, "max_new_tokens": 64}),
+                                     ("score a CV-JD pair", "/v1/jobs/score", {"cv": cv, "jd": jd}),
+                                     ("recommend jobs", "/v1/jobs/recommend", {"cv": cv, "k": 3})):
+                response = client.post(path, json=body)
+                answers[name] = (response.status_code, response.json())
+    finally:
+        serve.shutdown()
+    return {"url": url, "answers": {name: {"status": s, "body": b} for name, (s, b) in answers.items()}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stage_lines(stages: dict) -> dict:
+    """One short result per stage for the table (the whole results stay in pipeline.json)."""
+    lines = {}
+    for name, stage in stages.items():
+        result = stage.get("result") or {}
+        if "skipped" in stage:
+            lines[name] = f"skipped: {stage['skipped']}"
+        elif "metrics" in result:
+            m = result["metrics"]
+            lines[name] = (f"{result.get('users')} users: HR@10 {m.get('hr@10', 0):.4f}, NDCG@10 {m.get('ndcg@10', 0):.4f}, "
+                           f"hallucinated {result.get('hallucination_rate', 0):.0%}")
+        elif "valid_loss" in result:
+            lines[name] = f"{result.get('step')} steps, validation loss {result['valid_loss']:.3f}"
+        else:
+            shown = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and len(str(v)) < 40}
+            lines[name] = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in list(shown.items())[:6])
+    return lines
+
+
+def table(summary: dict) -> str:
+    t = summary["timings_s"]
+    rows = ["", "| stage | result | seconds |", "| --- | --- | --- |"]
+    rows += [f"| {name} | {line} | {t.get(name)} |" for name, line in summary["stages"].items()]
+    for name, answer in summary["serve"]["answers"].items():
+        body = json.dumps(answer["body"], default=str)
+        rows.append(f"| serve: {name} | {answer['status']} {body[:140]}{'…' if len(body) > 140 else ''} | |")
+    rows += [f"| (serve, all requests) | {summary['serve']['url']} | {t['serve']} |",
+             f"| total | report: {summary['report']} | {t['total']} |", ""]
+    return "\n".join(rows)

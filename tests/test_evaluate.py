@@ -65,3 +65,33 @@ def test_unconstrained_decoding_reports_hallucinations(prepared_and_checkpoint):
     assert report["hallucination_rate"] > 0.5
     ranked = np.array(per_user.column("ranked_items").to_pylist())
     assert ((ranked == -1) | ((ranked >= 0) & (ranked < len(titles)))).all()
+
+
+def test_a_sequence_format_checkpoint_is_ranked_from_sequence_prompts(prepared_and_checkpoint):
+    """The checkpoint records its training format; evaluation must build that format's prompts."""
+    from genrec.data.templates import GENREC
+    from genrec.data.tokenize import batch_response_ids, prompt_ids
+    from genrec.models.loading import load_checkpoint
+    from genrec.rec.beam import constrained_beam_search
+    from genrec.rec.trie import CatalogTrie
+
+    root = prepared_and_checkpoint
+    model, tokenizer, _ = load_checkpoint(root / "ckpt", device="cpu")
+    save_checkpoint(root / "ckpt_seq", model, tokenizer, "sft", {"format": "sequence"}, {})
+    evaluate(EvaluateConfig(data_dir=str(root / "prepared"), checkpoint_dir=str(root / "ckpt_seq"),
+                            out_dir=str(root / "seq"), max_users=6, batch_size=6, top_k=5, num_beams=5, ks=[1, 5]))
+    scored = pq.read_table(root / "seq" / "per_user.parquet")
+
+    catalog = pq.read_table(root / "prepared" / "catalog.parquet")
+    titles = catalog.column("title").to_pylist()
+    trie = CatalogTrie.build(batch_response_ids(tokenizer, titles), tokenizer.eos_token_id)
+    rows = pq.read_table(root / "prepared" / "test").sort_by("user_id").slice(0, 6).to_pylist()
+    assert [r["user_id"] for r in rows] == scored.column("user_id").to_pylist()
+    by_id = dict(zip(catalog.column("item_id").to_pylist(), titles))
+    expected = {}
+    for fmt in ("sequence", "prompt"):
+        prompts = prompt_ids(tokenizer, GENREC, rows, 512 - trie.max_depth, by_id, fmt)
+        expected[fmt] = constrained_beam_search(model, prompts, trie, num_beams=5, top_k=5, pad_id=tokenizer.pad_token_id)
+    got = np.array(scored.column("scores").to_pylist())
+    np.testing.assert_allclose(got, expected["sequence"][1], atol=1e-4)
+    assert not np.allclose(got, expected["prompt"][1], atol=1e-4)

@@ -10,6 +10,7 @@ from genrec.data.tokenize import (
     IGNORE_INDEX,
     RowTooLongError,
     batch_prompt_ids,
+    prompt_ids,
     response_ids,
     tokenize_row,
     tokenize_rows,
@@ -137,3 +138,37 @@ def test_tokenize_split_writes_int32_shards_and_counts(ray_session, tokenizer, t
     }
     assert 0 < stats["rows_truncated"] < 60
     assert json.loads((tmp_path / "tokens" / "_tokenize.json").read_text())["rows"] == 60
+
+
+# ------------------------------------------------------------------------------ format=sequence
+def test_sequence_rows_are_the_prefix_then_each_title_with_loss_after_the_first(tokenizer):
+    row = make_row(["i0", "i5", "i8"], "i4")  # i5 holds the separator: the catalog splits it right
+    encoded = tokenize_rows(tokenizer, GENREC, [row], 512, CATALOG, format="sequence")[0]
+    prefix = tokenizer(GENREC.render_sequence_prefix(INSTRUCTION), split_special_tokens=True)["input_ids"]
+    titles = [response_ids(tokenizer, CATALOG[i]) for i in ("i0", "i5", "i8", "i4")]
+    assert encoded["input_ids"] == prefix + sum(titles, [])
+    assert encoded["labels"] == [IGNORE_INDEX] * (len(prefix) + len(titles[0])) + sum(titles[1:], [])
+
+    target_only = tokenize_rows(tokenizer, GENREC, [row], 512, CATALOG, format="sequence", history_loss=False)[0]
+    assert target_only["input_ids"] == encoded["input_ids"]
+    assert response_part(target_only) == titles[-1]
+
+
+def test_sequence_rows_drop_oldest_whole_titles_and_prompts_end_before_the_target(tokenizer):
+    row = make_row(["i0", "i3", "i4", "i5"], "i6")
+    prefix = tokenizer(GENREC.render_sequence_prefix(INSTRUCTION), split_special_tokens=True)["input_ids"]
+    titles = [response_ids(tokenizer, CATALOG[i]) for i in ("i0", "i3", "i4", "i5", "i6")]
+    fits_last_three = len(prefix) + sum(map(len, titles[2:]))
+    encoded = tokenize_rows(tokenizer, GENREC, [row], fits_last_three, CATALOG, format="sequence")[0]
+    assert encoded["history_dropped"] == 2
+    assert encoded["input_ids"] == prefix + sum(titles[2:], [])
+    assert response_part(encoded) == titles[3] + titles[4]  # the first kept title is context only
+
+    (prompt,) = prompt_ids(tokenizer, GENREC, [row], 10_000, CATALOG, format="sequence")
+    assert prompt == prefix + sum(titles[:4], [])  # what the model reads before writing the target
+    (text_prompt,) = prompt_ids(tokenizer, GENREC, [row], 10_000, CATALOG, format="prompt")
+    full = tokenize_row(tokenizer, GENREC, row, 10_000, CATALOG)["input_ids"]
+    assert text_prompt == full[: len(full) - len(titles[4])]
+
+    with pytest.raises(RowTooLongError, match="position=3"):
+        tokenize_rows(tokenizer, GENREC, [row], len(prefix) + len(titles[4]) - 1, CATALOG, format="sequence")

@@ -15,9 +15,15 @@ class Template:
     prompt: str  # with {instruction} and {input}
     instructions: dict[str, tuple[str, ...]]  # domain -> paraphrases
     separator: str = ", "  # joins history titles into the input
+    # format=sequence: the text before the first title; titles then follow as their own ids, each
+    # ending in eos (genrec/data/tokenize.py tokenize_sequence_rows).
+    sequence_prefix: str = "### Instruction:\n{instruction}\n\n### Items:\n"
 
     def render_prompt(self, instruction: str, input: str) -> str:
         return self.prompt.format(instruction=instruction, input=input)
+
+    def render_sequence_prefix(self, instruction: str) -> str:
+        return self.sequence_prefix.format(instruction=instruction)
 
     def instructions_for(self, domain: str) -> tuple[str, ...]:
         """The paraphrases of a domain; genrec/data/split.py picks one per row from (seed, user, position)."""
@@ -52,7 +58,16 @@ GENREC = Template(
     },
 )
 
-TEMPLATES: dict[str, Template] = {GENREC.name: GENREC}
+# GIRL's generator: a CV in, the job description that fits it out (genrec/jobs/prompts.py renders it).
+CV_TO_JD = Template(
+    name="cv_to_jd",
+    prompt="### Instruction:\n{instruction}\n\n### CV:\n{input}\n\n### Job description:\n",
+    instructions={
+        "jobs": ("Write the job description of an opening that fits the job seeker whose CV is below.",),
+    },
+)
+
+TEMPLATES: dict[str, Template] = {GENREC.name: GENREC, CV_TO_JD.name: CV_TO_JD}
 
 
 def register(template: Template) -> Template:

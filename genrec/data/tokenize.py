@@ -78,15 +78,28 @@ def history_titles(template: Template, row: Mapping, titles: Mapping[str, str] |
 
 
 def tokenize_rows(
-    tokenizer, template: Template, rows: Sequence[Mapping], max_len: int, titles: Mapping[str, str] | None = None
+    tokenizer,
+    template: Template,
+    rows: Sequence[Mapping],
+    max_len: int,
+    titles: Mapping[str, str] | None = None,
+    format: str = "prompt",
+    history_loss: bool = True,
 ) -> list[dict]:
-    """input_ids, labels (IGNORE_INDEX over the prompt) and history_dropped for each row.
+    """input_ids, labels (IGNORE_INDEX where no loss) and history_dropped for each row.
+
+    format="prompt" (GenRec): the rendered prompt, then the response; loss on the response.
+    format="sequence": see tokenize_sequence_rows; `history_loss` puts loss on the history titles too.
 
     `titles` (catalog item_id -> title) is needed only to shorten rows whose titles hold the separator.
 
     Prompts and responses are encoded in one batched call each; only over-long rows pay for the
     search over shorter histories.
     """
+    if format == "sequence":
+        return tokenize_sequence_rows(tokenizer, template, rows, max_len, titles, history_loss)
+    if format != "prompt":
+        raise ValueError(f"format: expected 'prompt' or 'sequence', got {format!r}")
     prompts = batch_prompt_ids(tokenizer, template, [r["instruction"] for r in rows], [r["input"] for r in rows])
     responses = batch_response_ids(tokenizer, [r["output"] for r in rows])
     encoded = []
@@ -97,6 +110,65 @@ def tokenize_rows(
         labels = [IGNORE_INDEX] * len(prompt) + response
         encoded.append({"input_ids": prompt + response, "labels": labels, "history_dropped": dropped})
     return encoded
+
+
+def tokenize_sequence_rows(
+    tokenizer,
+    template: Template,
+    rows: Sequence[Mapping],
+    max_len: int,
+    titles: Mapping[str, str] | None = None,
+    history_loss: bool = True,
+) -> list[dict]:
+    """format=sequence: the instruction prefix, then each history title and the row's output (when
+    not empty) as `response_ids`: the title's own ids and eos, exactly what the catalog trie decodes.
+
+    With `history_loss`, every title after the first kept one carries loss, so one row per user
+    trains every next-item prediction of its history at once (as SASRec trains all positions);
+    without it (validation) only the output does. Over-long rows drop their oldest titles, whole.
+    """
+    prefixes = tokenizer([template.render_sequence_prefix(r["instruction"]) for r in rows],
+                         split_special_tokens=True)["input_ids"]
+    histories = [history_titles(template, row, titles) for row in rows]
+    items = iter(batch_response_ids(tokenizer, [t for row, history in zip(rows, histories)
+                                                for t in history + ([row["output"]] if row["output"] else [])]))
+    encoded = []
+    for row, prefix, history in zip(rows, prefixes, histories):
+        has_target = bool(row["output"])
+        ids = [next(items) for _ in range(len(history) + has_target)]
+        total, first = len(prefix) + sum(map(len, ids)), 0
+        while total > max_len and first < len(ids) - 1:
+            total, first = total - len(ids[first]), first + 1
+        if total > max_len or not ids:
+            raise RowTooLongError(
+                f"{_row_name(row)}: the instruction ({len(prefix)} tokens) and its last title "
+                f"({len(ids[-1]) if ids else 0}) exceed max_len={max_len}; raise max_len")
+        input_ids, labels = list(prefix), [IGNORE_INDEX] * len(prefix)
+        for index in range(first, len(ids)):
+            is_target = has_target and index == len(ids) - 1
+            input_ids += ids[index]
+            learn = is_target or (history_loss and index > first)
+            labels += ids[index] if learn else [IGNORE_INDEX] * len(ids[index])
+        encoded.append({"input_ids": input_ids, "labels": labels, "history_dropped": first})
+    return encoded
+
+
+def prompt_ids(
+    tokenizer,
+    template: Template,
+    rows: Sequence[Mapping],
+    max_prompt_len: int,
+    titles: Mapping[str, str] | None = None,
+    format: str = "prompt",
+) -> list[list[int]]:
+    """The ids a model reads before it writes a row's next item, built as training built them, the
+    oldest history titles dropped to fit `max_prompt_len`. Evaluation and serving use this."""
+    blank = [dict(row, output="") for row in rows]
+    if format == "sequence":
+        return [e["input_ids"] for e in tokenize_sequence_rows(tokenizer, template, blank, max_prompt_len, titles)]
+    # An empty response still encodes as [eos]: budget for it, then cut it off.
+    encoded = tokenize_rows(tokenizer, template, blank, max_prompt_len + 1, titles, format)
+    return [e["input_ids"][:-1] for e in encoded]
 
 
 def tokenize_row(
@@ -143,17 +215,19 @@ def _row_name(row: Mapping) -> str:
 class TokenizeBatch:
     """Ray Data callable: loads the tokenizer (and catalog titles) once per actor, not per batch."""
 
-    def __init__(self, tokenizer_dir: str, template_name: str, max_len: int, catalog_path: str | None) -> None:
+    def __init__(self, tokenizer_dir: str, template_name: str, max_len: int, catalog_path: str | None,
+                 format: str = "prompt", history_loss: bool = True) -> None:
         self.tokenizer = load_tokenizer(tokenizer_dir)
         self.template = get_template(template_name)
-        self.max_len = max_len
+        self.max_len, self.format, self.history_loss = max_len, format, history_loss
         self.titles = None
         if catalog_path:
             catalog = pq.read_table(catalog_path, columns=["item_id", "title"])
             self.titles = dict(zip(catalog.column("item_id").to_pylist(), catalog.column("title").to_pylist()))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        encoded = tokenize_rows(self.tokenizer, self.template, batch.to_pylist(), self.max_len, self.titles)
+        encoded = tokenize_rows(self.tokenizer, self.template, batch.to_pylist(), self.max_len, self.titles,
+                                self.format, self.history_loss)
         token_lists = pa.list_(pa.int32())
         return pa.table(
             {
@@ -174,8 +248,11 @@ def tokenize_split(
     max_len: int,
     template_name: str = "genrec",
     catalog_path: str | Path | None = None,
+    format: str = "prompt",
+    history_loss: bool = True,
 ) -> dict:
-    """A prepared split's prompt parquet (e.g. runs/x/train/) -> token shards in `out_dir`.
+    """A prepared split's prompt parquet (e.g. runs/x/train/) -> token shards in `out_dir`, in the
+    given `format` (see tokenize_rows).
 
     Shards hold input_ids, labels (list<int32>), length, user_id, position and history_dropped
     (oldest titles removed to fit). The catalog defaults to the prepare stage's catalog.parquet
@@ -190,7 +267,8 @@ def tokenize_split(
     rows = ray.data.read_parquet(str(in_dir)).select_columns(ROW_COLUMNS)
     tokens = rows.map_batches(
         TokenizeBatch,
-        fn_constructor_args=(tokenizer_dir, template_name, max_len, str(catalog_path) if catalog_path else None),
+        fn_constructor_args=(tokenizer_dir, template_name, max_len, str(catalog_path) if catalog_path else None,
+                             format, history_loss),
         batch_format="pyarrow",
         batch_size=512,
         # `concurrency=` is deprecated since Ray 2.51; the pool grows to the cluster's CPUs.
@@ -198,11 +276,18 @@ def tokenize_split(
     )
     tokens.write_parquet(str(out_dir), mode=ray.data.SaveMode.OVERWRITE)  # no stale shards from an earlier run
     stats = shard_stats(out_dir)
+    if format == "sequence" and history_loss:
+        users = pc.count_distinct(pads.dataset(str(in_dir), format="parquet").to_table(columns=["user_id"])
+                                  .column("user_id")).as_py()
+        if users < stats["rows"]:
+            log.warning("format=sequence: %d rows for %d users, so the history titles of a user's several "
+                        "prefixes train again and again; prepare with samples_per_user=1", stats["rows"], users)
     if stats["rows_truncated"]:
         log.warning("%d of %d rows lost old history titles to fit max_len=%d",
                     stats["rows_truncated"], stats["rows"], max_len)
     record = {"in_dir": str(in_dir), "tokenizer_dir": str(tokenizer_dir), "max_len": max_len,
-              "template": template_name, "catalog_path": str(catalog_path) if catalog_path else None, **stats}
+              "template": template_name, "catalog_path": str(catalog_path) if catalog_path else None,
+              "format": format, "history_loss": history_loss, **stats}
     (out_dir / "_tokenize.json").write_text(json.dumps(record, indent=2))
     return stats
 

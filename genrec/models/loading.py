@@ -39,6 +39,7 @@ class TinySettings:
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     max_position_embeddings: int = 1024
+    attention_dropout: float = 0.0
     seed: int = 0
 
 
@@ -99,6 +100,7 @@ def build_model(
             num_attention_heads=size.num_attention_heads,
             max_position_embeddings=size.max_position_embeddings,
         )
+        config.attention_dropout = size.attention_dropout
         model = tiny.tiny_model(config, seed=size.seed, dtype=dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa")

@@ -47,7 +47,8 @@ def constrained_beam_search(
         attention[row, width - len(prompt):] = 1
     ids, attention = ids.to(device), attention.to(device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True)
+    # logits_to_keep=1: only the last position's logits (a [users, width, vocab] tensor otherwise).
+    out = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     cache.batch_repeat_interleave(beams)
     log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).repeat_interleave(beams, dim=0)

@@ -39,26 +39,25 @@ class RankUsers:
         from genrec.rec.trie import CatalogTrie
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model, self.tokenizer, _ = load_checkpoint(checkpoint, device=device)
+        self.model, self.tokenizer, meta = load_checkpoint(checkpoint, device=device)
         self.model.eval()
+        trained = meta.get("config", {})
+        self.format = trained.get("format", "prompt")  # build prompts as this model was trained on them
         catalog = pq.read_table(catalog_path, columns=["item_id", "title"])
         titles, ids = catalog.column("title").to_pylist(), catalog.column("item_id").to_pylist()
         self.title_index = {title: index for index, title in enumerate(titles)}
         self.titles_by_id = dict(zip(ids, titles))  # to drop whole titles from long prompts, even with ", " in them
         self.trie = CatalogTrie.build(batch_response_ids(self.tokenizer, titles), self.tokenizer.eos_token_id)
         self.cfg = cfg
-        self.template = get_template("genrec")
+        self.template = get_template(trained.get("template", "genrec"))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from genrec.data.tokenize import tokenize_rows
+        from genrec.data.tokenize import prompt_ids
         from genrec.rec.beam import constrained_beam_search
 
-        rows = batch.to_pylist()
         # The prompt as training saw it, its oldest titles dropped until the longest title fits.
-        blank = [dict(r, output="") for r in rows]
-        budget = self.cfg.max_len - self.trie.max_depth + 1
-        encoded = tokenize_rows(self.tokenizer, self.template, blank, budget, self.titles_by_id)
-        prompts = [e["input_ids"][:-1] for e in encoded]
+        budget = self.cfg.max_len - self.trie.max_depth
+        prompts = prompt_ids(self.tokenizer, self.template, batch.to_pylist(), budget, self.titles_by_id, self.format)
         columns = {"user_id": batch.column("user_id"), "target_item_id": batch.column("target_item_id")}
         if self.cfg.decoding == "constrained":
             items, scores = constrained_beam_search(

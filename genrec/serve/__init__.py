@@ -1,1 +1,8 @@
-"""genrec.serve"""
+"""genrec.serve: the trained models over HTTP.
+
+api.py          the FastAPI app (routes, request schemas, error handling); knows nothing of Ray
+recommender.py  RecommenderModel: checkpoint + catalog trie, constrained beam search for a batch
+jobs.py         JobGeneratorModel (CV -> JD) and JobMatcherModel (reward score, JobRecommender)
+deployments.py  the Ray Serve deployments (@serve.batch, autoscaling) and the app builders
+launch.py       `genrec serve`: start Serve on host:port and run the app
+"""

@@ -82,7 +82,7 @@ def build_tokenizer(cfg: SFTConfig, out: Path) -> Path:
     """The tokenizer every worker and the tokenization step load: saved once in out_dir/tokenizer."""
     path = out / "tokenizer"
     source = {"model": cfg.model, "vocab_size": cfg.vocab_size, "max_len": cfg.max_len,
-              "data_dir": str(Path(cfg.data_dir).resolve())}
+              "data_dir": str(Path(cfg.data_dir).resolve()), "format": cfg.format}
     if (path / SOURCE_FILE).exists():
         built = json.loads((path / SOURCE_FILE).read_text())
         if built != source:
@@ -105,11 +105,19 @@ def build_tokenizer(cfg: SFTConfig, out: Path) -> Path:
 
 def tokenizer_texts(data_dir: Path):
     """The text a tiny model reads: every catalog title, and the template with each instruction."""
-    template = get_template(TEMPLATE)
+    template = get_template(data_template(data_dir))
     yield from pq.read_table(data_dir / "catalog.parquet", columns=["title"]).column("title").to_pylist()
     for instructions in template.instructions.values():
         for instruction in instructions:
             yield template.render_prompt(instruction, "")
+            yield template.render_sequence_prefix(instruction)
+
+
+def data_template(data_dir: Path) -> str:
+    """The template the prepared rows were written for: `template` in data_dir/stats.json when set
+    (`genrec prepare-jobs` writes cv_to_jd there), else GenRec's."""
+    stats = Path(data_dir) / "stats.json"
+    return json.loads(stats.read_text()).get("template", TEMPLATE) if stats.exists() else TEMPLATE
 
 
 def tokenize_splits(cfg: SFTConfig, out: Path, tokenizer_dir: Path) -> dict[str, Path]:
@@ -122,7 +130,9 @@ def tokenize_splits(cfg: SFTConfig, out: Path, tokenizer_dir: Path) -> dict[str,
             continue
         target = out / "tokens" / split
         if not (target / "_tokenize.json").exists():
-            stats = tokenize_split(data / split, target, str(tokenizer_dir), cfg.max_len, TEMPLATE, data / "catalog.parquet")
+            # Validation scores the next item alone, in either format: history titles are training data.
+            stats = tokenize_split(data / split, target, str(tokenizer_dir), cfg.max_len, data_template(data),
+                                   data / "catalog.parquet", cfg.format, history_loss=split == "train")
             log.info("tokenized %s: %s", split, stats)
         dirs[split] = target
     return dirs
@@ -169,7 +179,7 @@ def build_model(cfg: SFTConfig, tokenizer) -> torch.nn.Module:
     lose AdamW's small updates."""
     tiny = TinySettings(vocab_size=len(tokenizer), hidden_size=cfg.tiny_hidden, num_hidden_layers=cfg.tiny_layers,
                         num_attention_heads=cfg.tiny_heads, max_position_embeddings=max(1024, cfg.max_len),
-                        seed=cfg.seed)
+                        attention_dropout=cfg.tiny_dropout, seed=cfg.seed)
     targets = cfg.lora_target_modules
     lora = LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
                         "all-linear" if targets == ["all-linear"] else targets) if cfg.lora else None

