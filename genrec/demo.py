@@ -91,6 +91,8 @@ def _stage_lines(stages: dict) -> dict:
         result = stage.get("result") or {}
         if "skipped" in stage:
             lines[name] = f"skipped: {stage['skipped']}"
+        elif stage.get("verb") == "ppo":
+            lines[name] = _ppo_line(Path(result["out_dir"]) / "metrics.jsonl")
         elif "metrics" in result:
             m = result["metrics"]
             lines[name] = (f"{result.get('users')} users: HR@10 {m.get('hr@10', 0):.4f}, NDCG@10 {m.get('ndcg@10', 0):.4f}, "
@@ -101,6 +103,20 @@ def _stage_lines(stages: dict) -> dict:
             shown = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and len(str(v)) < 40}
             lines[name] = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in list(shown.items())[:6])
     return lines
+
+
+def _ppo_line(log: Path) -> str:
+    """Reward, KL and the hidden true fit at the first and the last iteration: true fit is what the
+    learned reward cannot fool."""
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    if not rows:
+        return f"no iterations logged in {log}"
+    first, last = rows[0], rows[-1]
+    parts = [f"{len(rows)} iterations"]
+    for key in ("reward_mean", "kl", "true_fit"):
+        if key in first and key in last:
+            parts.append(f"{key} {first[key]:.3f} -> {last[key]:.3f}")
+    return ", ".join(parts)
 
 
 def table(summary: dict) -> str:
