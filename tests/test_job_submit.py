@@ -116,6 +116,8 @@ def test_prepare_with_the_cli_then_sft_with_the_client_on_a_separate_head(head, 
     from ray.job_submission import JobStatus
 
     run = tmp_path / "run"
+    for ignored in ("runs", "bench/work"):  # git-ignored, so absent from a fresh clone: the upload must skip them
+        (ROOT / ignored).mkdir(parents=True, exist_ok=True)
     # 1. `ray job submit` (waits and streams the log): the pipeline's synth, prepare and popularity
     #    baseline stages, with the pipeline's report.
     cli = subprocess.run(
