@@ -44,29 +44,11 @@ TRIAL_DRIVER_CPU = 0.01
 
 # ------------------------------------------------------------------------------------- the stages
 def fit_sft(cfg: SFTConfig, callbacks: list) -> dict:
-    """genrec.train.launch.train_sft with Ray Train callbacks on its RunConfig (the same steps:
-    tokenizer, token shards, TorchTrainer over sft_worker); returns the final metrics."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    """genrec.train.launch.train_sft with Tune's callbacks on its RunConfig; one checkpoint kept
+    per trial (trials are many); returns the final metrics."""
+    from genrec.train.launch import train_sft
 
-    from genrec.train.launch import FINAL, build_tokenizer, sft_worker, tokenize_splits
-
-    out = Path(cfg.out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    tokenizer_dir = build_tokenizer(cfg, out)
-    token_dirs = tokenize_splits(cfg, out, tokenizer_dir)
-    trainer = TorchTrainer(
-        sft_worker,
-        train_loop_config={"cfg": dataclasses.asdict(cfg), "out": str(out), "tokenizer_dir": str(tokenizer_dir),
-                           "tokens": {k: str(v) for k, v in token_dirs.items()}},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
-        run_config=RunConfig(name=cfg.run_name or out.name, storage_path=str(out / "ray"), callbacks=callbacks,
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
-    )
-    trainer.fit()
-    return json.loads((out / FINAL / "genrec.json").read_text())["metrics"]
+    return train_sft(cfg, callbacks=callbacks, keep_checkpoints=1)
 
 
 def sft_for_tune(cfg: SFTConfig) -> SFTConfig:

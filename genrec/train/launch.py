@@ -51,8 +51,10 @@ HEALTH_CHECK_INTERVAL_S = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_
 
 
 # ------------------------------------------------------------------------------------ the driver
-def train_sft(cfg: SFTConfig) -> dict:
-    """Run the SFT stage; returns the final metrics (also in out_dir/final/genrec.json)."""
+def train_sft(cfg: SFTConfig, callbacks: list | None = None, keep_checkpoints: int = 2) -> dict:
+    """Run the SFT stage; returns the final metrics (also in out_dir/final/genrec.json).
+
+    `callbacks` go on the Ray Train RunConfig (Tune's TuneReportCallback: genrec/tune.py)."""
     init_ray()
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -69,7 +71,8 @@ def train_sft(cfg: SFTConfig) -> dict:
             name=cfg.run_name or out.name,
             storage_path=str(out / "ray"),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
+            callbacks=callbacks,
         ),
     )
     result = trainer.fit()
