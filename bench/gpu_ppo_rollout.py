@@ -53,16 +53,6 @@ def make_prompts(n: int, vocab: int, min_len: int, max_len: int, seed: int = 0) 
     return [[1] + torch.randint(3, vocab, (length - 1,), generator=g).tolist() for length in lengths]
 
 
-def left_pad(prompts, pad_id, device):
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.tensor(prompt)
-        mask[row, width - len(prompt):] = 1
-    return ids.to(device), mask.to(device)
-
-
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -92,7 +82,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    from genrec.rl.rollout import RolloutGenerator  # torch only: no Ray on the GPU box
+    from genrec.rl.rollout import RolloutGenerator, left_pad  # torch only: no Ray on the GPU box
 
     device = torch.device(args.device)
     dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if args.dtype == "auto" else getattr(torch, args.dtype)

@@ -34,12 +34,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def bench_generation(repeats: int, prompts_n: int, new_tokens: int, prompt_len: tuple[int, int] = (48, 80)) -> dict:
-    from genrec.rl.rollout import RolloutGenerator
+    from genrec.rl.rollout import RolloutGenerator, left_pad
 
     device = torch.device("cpu")
     model = gen_bench.build_model("sft-tiny", device, torch.float32)
     prompts = gen_bench.make_prompts(prompts_n, gen_bench.SHAPES["sft-tiny"]["vocab_size"], *prompt_len)
-    ids, mask = gen_bench.left_pad(prompts, 0, device)
+    ids, mask = left_pad(prompts, 0, device)
     gen = RolloutGenerator(model, pad_id=0, eos_id=None)
 
     def ours():

@@ -370,21 +370,28 @@ def _round_up(n: int, multiple: int) -> int:
     return int(math.ceil(n / multiple) * multiple)
 
 
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), prompts right-aligned so every row's next token sits in the last column."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    return ids.to(device), mask.to(device)
+
+
 @torch.no_grad()
 def hf_generate_rollout(model, prompts: list[list[int]], *, pad_id: int, eos_id: int | None, max_new_tokens: int,
                         temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> Rollout:
     """The same Rollout through transformers' `generate` (any architecture; slower). Log-probs are
     recomputed from the returned scores at the same temperature, before top-p."""
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention = torch.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.tensor(prompt)
-        attention[row, width - len(prompt):] = 1
+    ids, attention = left_pad(prompts, pad_id, device)
+    width = ids.shape[1]
     if seed is not None:
         torch.manual_seed(seed)
-    out = model.generate(input_ids=ids.to(device), attention_mask=attention.to(device), do_sample=True,
+    out = model.generate(input_ids=ids, attention_mask=attention, do_sample=True,
                          temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
                          pad_token_id=pad_id, eos_token_id=eos_id, output_logits=True, return_dict_in_generate=True)
     tokens = out.sequences[:, width:]
