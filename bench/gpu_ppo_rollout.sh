@@ -8,8 +8,8 @@ mkdir -p "$OUT"
 nvidia-smi -L 2>/dev/null || true
 export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python}
-timeout 60 $PY bench/gpu_ppo_rollout.py --shape tiny --prompts 8 --new-tokens 32 --repeats 1 \
+timeout ${SMOKE_TIMEOUT:-60} $PY bench/gpu_ppo_rollout.py --shape tiny --prompts 8 --new-tokens 32 --repeats 1 \
     --out "$OUT/ppo_rollout_gpu_smoke.json" 2>&1 | grep -v "Warning\|warn(" | tee "$OUT/ppo_rollout_gpu_smoke.log"
-timeout 200 $PY bench/gpu_ppo_rollout.py --shape "${SHAPE:-qwen2-0.5b}" --prompts "${PROMPTS:-64}" \
+timeout ${MAIN_TIMEOUT:-200} $PY bench/gpu_ppo_rollout.py --shape "${SHAPE:-qwen2-0.5b}" --prompts "${PROMPTS:-64}" \
     --new-tokens "${NEW_TOKENS:-256}" --repeats 2 --out "$OUT/ppo_rollout_gpu.json" 2>&1 \
     | grep -v "Warning\|warn(" | tee "$OUT/ppo_rollout_gpu.log"

@@ -9,9 +9,11 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 exec > >(tee "$OUT/log") 2>&1
 nvidia-smi --query-gpu=name,memory.total --format=csv || true
 python3 -c "import torch, transformers, pyarrow; print('torch', torch.__version__, '| transformers', transformers.__version__, '| pyarrow', pyarrow.__version__)"
-python3 bench/quality_gpu.py run --out "$OUT" --train-s "${TRAIN_S:-240}" --variants "${VARIANTS:-h256l4,h384l6,h512l8,h384l6d}" \
-    --micro-batch-tokens "${MICRO_BATCH_TOKENS:-32768}" --valid-users "${VALID_USERS:-3000}" --test-users 0 \
-    --eval-batch "${EVAL_BATCH:-128}" --device "${DEVICE:-cuda}"
-rm -rf "$OUT"/*_best/*.safetensors  # the weights are too big to bring back; their metrics stay in genrec.json
+# TEST_USERS=-1: only the variant with the best validation HR@10 is scored on the test split.
+# The weights go to CKPT_DIR, outside $OUT: too big to bring back; their metrics stay in the JSON.
+python3 bench/quality_gpu.py run --out "$OUT" --ckpt-dir "${CKPT_DIR:-/tmp/quality_ckpt}" --train-s "${TRAIN_S:-240}" --epochs "${EPOCHS:-12}" \
+    --variants "${VARIANTS:-h256l4,h384l6,h512l8,h384l6d}" --micro-batch-tokens "${MICRO_BATCH_TOKENS:-32768}" \
+    --valid-users "${VALID_USERS:-3000}" --test-users "${TEST_USERS:--1}" --eval-batch "${EVAL_BATCH:-256}" \
+    --eval-tokens "${EVAL_TOKENS:-40000}" --device "${DEVICE:-cuda}"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv || true
 echo "=== done"

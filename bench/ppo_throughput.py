@@ -108,7 +108,7 @@ def _sync_bytes(cfg) -> int:
 def markdown(result: dict) -> str:
     g = result["generation"]
     lines = [
-        "# PPO throughput (CPU)", "",
+        "# PPO throughput", "",
         f"Machine: {result['machine']}; torch {result['torch']}; measured {result['date']}. "
         "This machine is shared (2 cores, other jobs running), so absolute times swing; ratios are "
         "from runs alternated in the same process.", "",
@@ -138,9 +138,32 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['workers']} | {'LoRA adapter' if r['lora'] else 'full state'} | {r['sync_mb']} | "
                      f"{r['timing/generate']} | {r['timing/score']} | {r['timing/ref']} | {r['timing/update']} | "
                      f"{r['timing/sync']} | {r['timing/iteration']} | {r['tokens_per_s']} |")
-    lines += ["", "GPU (Qwen2-0.5B shape, 64 x 256 tokens): run `bench/gpu_ppo_rollout.sh` on a GPU box; its JSON "
-              "goes to `bench/results/ppo_rollout_gpu.json`.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + gpu_markdown(RESULTS / "ppo_rollout_gpu.json"))
+
+
+def gpu_markdown(path: Path) -> list[str]:
+    """The GPU run of bench/gpu_ppo_rollout.sh, when its JSON is there."""
+    lines = ["", "## Rollout generation on a GPU", ""]
+    if not path.exists():
+        return lines + ["Not measured: run `bench/gpu_ppo_rollout.sh` on a GPU box; its JSON goes to "
+                        f"`bench/results/{path.name}`.", ""]
+    r = json.loads(path.read_text())
+    c = r["shape_config"]
+    lines += [
+        f"`bash bench/gpu_ppo_rollout.sh` on one {r['gpu']} (torch {r['torch']}, transformers {r['transformers']}): "
+        f"{r['shape']}-shaped random-init model (hidden {c['hidden_size']}, {c['num_hidden_layers']} layers, vocab "
+        f"{c['vocab_size']}) in {r['dtype'].removeprefix('torch.')}, {r['prompts']} prompts of {r['prompt_len'][0]}-"
+        f"{r['prompt_len'][1]} tokens x {r['new_tokens']} new tokens, sampling at temperature 1, no EOS; best of the "
+        "timed runs after a warm-up. `logp diff` is the largest gap between a sampled token's log-prob as the "
+        "generator returned it and as a full forward pass of the same model computes it (bf16).", "",
+        "| method | tokens/s | ms per step | speed-up vs generate | logp diff |", "|---|---:|---:|---:|---:|",
+    ]
+    for name, m in r["methods"].items():
+        lines.append(f"| {name} | {m['tokens_per_s']:,.0f} | {m['ms_per_step']} | {m.get('speedup_vs_generate', '')} | "
+                     f"{m.get('logp_max_abs_diff_vs_forward', '')} |")
+    for name, error in r.get("errors", {}).items():
+        lines.append(f"| {name} | failed: {error.strip().splitlines()[-1]} | | | |")
+    return lines + [""]
 
 
 def main() -> None:
@@ -152,7 +175,12 @@ def main() -> None:
     parser.add_argument("--skip-loop", action="store_true")
     parser.add_argument("--skip-generation", action="store_true", help="keep the generation part of --out's JSON")
     parser.add_argument("--out", default=str(RESULTS / "ppo_throughput"))
+    parser.add_argument("--render", action="store_true", help="only rewrite the markdown from --out's JSON")
     args = parser.parse_args()
+    if args.render:
+        out = Path(args.out)
+        out.with_suffix(".md").write_text(markdown(json.loads(out.with_suffix(".json").read_text())))
+        return
 
     result = {"machine": f"{platform.machine()} x{os.cpu_count()} CPUs", "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "loop": []}

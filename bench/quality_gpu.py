@@ -45,6 +45,9 @@ VARIANTS = {
     "h512l8": {"hidden": 512, "layers": 8, "heads": 8, "lr": 5e-4},
     # Many epochs over 1.9M tokens: the same shape with attention dropout and more weight decay.
     "h384l6d": {"hidden": 384, "layers": 6, "heads": 6, "lr": 1e-3, "attn_dropout": 0.1, "weight_decay": 0.1},
+    # Wider, and dropout on the input embeddings too (SASRec drops its embeddings on sparse Amazon data).
+    "h512l6e": {"hidden": 512, "layers": 6, "heads": 8, "lr": 7e-4, "attn_dropout": 0.1, "embed_dropout": 0.2,
+                "weight_decay": 0.1},
 }
 
 
@@ -99,11 +102,12 @@ def stage_run(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     procs = {}
+    common = ["--out", str(out), "--ckpt-dir", args.ckpt_dir or str(out), "--device", args.device, "--eval-batch", str(args.eval_batch),
+              "--eval-tokens", str(args.eval_tokens)]
     for name in args.variants.split(","):
-        cmd = [sys.executable, __file__, "variant", "--name", name, "--out", str(out), "--train-s", str(args.train_s),
-               "--device", args.device, "--micro-batch-tokens", str(args.micro_batch_tokens),
-               "--valid-users", str(args.valid_users), "--valid-loss-rows", str(args.valid_loss_rows), "--test-users", str(args.test_users),
-               "--eval-batch", str(args.eval_batch)]
+        cmd = [sys.executable, __file__, "variant", "--name", name, "--train-s", str(args.train_s), "--epochs", str(args.epochs),
+               "--micro-batch-tokens", str(args.micro_batch_tokens), "--valid-users", str(args.valid_users),
+               "--valid-loss-rows", str(args.valid_loss_rows), "--test-users", str(args.test_users), *common]
         procs[name] = subprocess.Popen(cmd, stdout=open(out / f"{name}.log", "w"), stderr=subprocess.STDOUT)
     for name, proc in procs.items():
         print(f"{name}: exit {proc.wait()}", flush=True)
@@ -111,6 +115,11 @@ def stage_run(args) -> None:
     results = {name: r for name, r in results.items() if "valid" in r}
     if results:
         best = max(results, key=lambda n: results[n]["valid"]["hr@10"])
+        if args.test_users < 0:  # only the variant that validation picks is scored on the test split
+            print(f"scoring {best} (best valid HR@10) on the test split", flush=True)
+            subprocess.run([sys.executable, __file__, "score", "--name", best, "--test-users", str(args.test_limit), *common], check=False,
+                           stdout=open(out / f"{best}_test.log", "w"), stderr=subprocess.STDOUT)
+            results[best] = json.loads((out / f"{best}.json").read_text())
         summary = {"best_by_valid_hr@10": best, "variants": results}
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         for name, r in results.items():
@@ -119,15 +128,12 @@ def stage_run(args) -> None:
 
 
 def stage_variant(args) -> None:
-    import pyarrow.parquet as pq
     import torch
 
     from genrec.config import SFTConfig
     from genrec.models.loading import save_checkpoint
     from genrec.models.tiny import tiny_config, tiny_model
     from genrec.models.tokenizer import load_tokenizer
-    from genrec.rec.metrics import catalog_coverage, ranking_metrics
-    from genrec.rec.trie import CatalogTrie
     from genrec.train.batching import load_token_rows
     from genrec.train.sft import train_loop
 
@@ -148,7 +154,12 @@ def stage_variant(args) -> None:
                              num_hidden_layers=spec["layers"], num_attention_heads=spec["heads"],
                              max_position_embeddings=meta["max_len"])
         config.attention_dropout = spec.get("attn_dropout", 0.0)
-        return tiny_model(config, seed=0).to(device)
+        model = tiny_model(config, seed=0).to(device)
+        if spec.get("embed_dropout"):  # Llama has no embedding dropout: a hook adds it (training mode only)
+            p = spec["embed_dropout"]
+            model.get_input_embeddings().register_forward_hook(
+                lambda module, inputs, output: torch.nn.functional.dropout(output, p, module.training))
+        return model
 
     def sft_config(steps: int, **extra) -> SFTConfig:
         settings = dict(model="tiny", max_len=meta["max_len"], format="sequence", micro_batch_tokens=args.micro_batch_tokens,
@@ -161,8 +172,10 @@ def stage_variant(args) -> None:
     train_loop(sft_config(calib, log_every=10), new_model(), train_rows,
                report=lambda m, s: stamps.setdefault(m.get("step"), time.perf_counter()))
     per_step = (stamps[calib] - stamps[10]) / (calib - 10)
-    steps = max(50, int(args.train_s / per_step * 0.9))
     epoch_tokens = meta["tokens"]["train"]["tokens"]
+    steps = max(50, int(args.train_s / per_step * 0.9))
+    if args.epochs:  # the cosine schedule's length decides where validation loss bottoms out: cap it
+        steps = min(steps, max(50, round(args.epochs * epoch_tokens / args.micro_batch_tokens)))
     print(f"{args.name}: {per_step * 1000:.0f} ms/step in calibration -> {steps} steps "
           f"(~{steps * args.micro_batch_tokens / epoch_tokens:.1f} epochs of {epoch_tokens} tokens)", flush=True)
 
@@ -184,11 +197,9 @@ def stage_variant(args) -> None:
     train_s = time.perf_counter() - started
     model.load_state_dict(best["state"])
     model.eval()
-    ckpt = Path(args.out) / f"{args.name}_best"
+    ckpt = Path(args.ckpt_dir or args.out) / f"{args.name}_best"
     save_checkpoint(ckpt, model, tokenizer, "sft", {**vars(cfg), "variant": args.name}, {k: v for k, v in best.items() if k != "state"})
 
-    trie_table = pq.read_table(INPUTS / "trie.parquet")
-    trie = CatalogTrie.build(trie_table.column("ids").to_pylist(), tokenizer.eos_token_id)
     result = {"variant": args.name, **spec, "params": sum(p.numel() for p in model.parameters()),
               "steps": steps, "ms_per_step": per_step * 1000, "train_s": train_s, "best_step": best["step"],
               "best_valid_loss": best["valid_loss"], "epochs": steps * args.micro_batch_tokens / epoch_tokens,
@@ -197,20 +208,49 @@ def stage_variant(args) -> None:
     out_json.write_text(json.dumps(result, indent=2))  # what training gave, should the scoring run out of time
     # Score one variant at a time: beam search over long prompts takes tens of GB, and four at once
     # ran a variant out of GPU memory (bench/results/quality_toys.md).
+    splits = (("valid", args.valid_users),) + ((("test", args.test_users),) if args.test_users >= 0 else ())
+    score_splits(model, tokenizer, args, result, out_json, splits)
+
+
+def score_splits(model, tokenizer, args, result: dict, out_json: Path, splits) -> None:
+    """Rank each (split, user limit), add its metrics to `result` and rewrite out_json after each."""
+    import pyarrow.parquet as pq
+
+    from genrec.rec.metrics import catalog_coverage, ranking_metrics
+    from genrec.rec.trie import CatalogTrie
+
+    trie_table = pq.read_table(INPUTS / "trie.parquet")
+    trie = CatalogTrie.build(trie_table.column("ids").to_pylist(), tokenizer.eos_token_id)
     lock = open(Path(args.out) / "scoring.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
-    for split, limit in (("valid", args.valid_users), ("test", args.test_users)):
+    for split, limit in splits:
         started = time.perf_counter()
-        ranked, targets = rank(model, tokenizer, trie, INPUTS / f"{split}_prompts.parquet", limit, args.eval_batch)
+        ranked, targets = rank(model, tokenizer, trie, INPUTS / f"{split}_prompts.parquet", limit, args.eval_batch,
+                               args.eval_tokens)
         metrics = ranking_metrics(ranked, targets, KS)
         metrics.update(users=len(targets), eval_s=time.perf_counter() - started,
                        hallucination_rate=float((ranked[ranked >= 0] >= trie.num_items).mean()),
                        items_returned_per_user=float((ranked >= 0).sum(1).mean()),
                        coverage_at_10=catalog_coverage(ranked, trie.num_items, 10))
         result[split] = metrics
-        print(f"{args.name} {split}: {json.dumps({k: round(v, 4) for k, v in metrics.items()})}", flush=True)
-        np.save(Path(args.out) / f"{args.name}_{split}_ranked.npy", ranked)
+        print(f"{result['variant']} {split}: {json.dumps({k: round(v, 4) for k, v in metrics.items()})}", flush=True)
+        np.save(Path(args.out) / f"{result['variant']}_{split}_ranked.npy", ranked)
         out_json.write_text(json.dumps(result, indent=2))
+    fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def stage_score(args) -> None:
+    """Score one trained variant's best checkpoint on the test split (run picks it by valid HR@10)."""
+    import torch
+
+    from genrec.models.loading import load_checkpoint
+
+    device = torch.device(args.device)
+    model, tokenizer, _ = load_checkpoint(Path(args.ckpt_dir or args.out) / f"{args.name}_best", dtype=torch.float32, device=device)
+    model.eval()
+    out_json = Path(args.out) / f"{args.name}.json"
+    result = json.loads(out_json.read_text())
+    score_splits(model, tokenizer, args, result, out_json, (("test", args.test_users),))
 
 
 def _first_rows(rows, n: int):
@@ -220,8 +260,12 @@ def _first_rows(rows, n: int):
     return TokenRows(rows.ids[:end], rows.labels[:end], rows.offsets[: min(n, len(rows)) + 1])
 
 
-def rank(model, tokenizer, trie, path: Path, limit: int, batch: int):
-    """Top-20 of constrained beam search (20 beams) for the first `limit` users (0 = all) of a split."""
+def rank(model, tokenizer, trie, path: Path, limit: int, batch: int, batch_tokens: int):
+    """Top-20 of constrained beam search (20 beams) for the first `limit` users (0 = all) of a split.
+
+    Users go in order of prompt length, at most `batch` at a time and at most `batch_tokens` prompt
+    tokens a batch: short prompts make large batches (fewer steps), long ones small (the KV cache of
+    20 beams per user bounds GPU memory)."""
     import pyarrow.parquet as pq
     import torch
 
@@ -234,12 +278,23 @@ def rank(model, tokenizer, trie, path: Path, limit: int, batch: int):
     order = np.argsort([len(p) for p in prompts], kind="stable")  # similar lengths batch together: less padding
     ranked = np.full((len(prompts), 20), -1, dtype=np.int64)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=next(model.parameters()).is_cuda):
-        for start in range(0, len(order), batch):
-            users = order[start:start + batch]
+        for users in _length_batches(order, [len(p) for p in prompts], batch, batch_tokens):
             items, _ = constrained_beam_search(model, [prompts[u] for u in users], trie, num_beams=20, top_k=20,
                                                pad_id=tokenizer.pad_token_id)
             ranked[users] = items
     return ranked, targets
+
+
+def _length_batches(order, lengths, max_users: int, max_tokens: int):
+    batch, tokens = [], 0
+    for user in order:
+        if batch and (len(batch) == max_users or tokens + lengths[user] > max_tokens):
+            yield np.array(batch)
+            batch, tokens = [], 0
+        batch.append(user)
+        tokens += lengths[user]
+    if batch:
+        yield np.array(batch)
 
 
 def _device_name(device) -> str:
@@ -290,7 +345,7 @@ def stage_merge(args) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["inputs", "run", "variant", "merge"])
+    p.add_argument("stage", choices=["inputs", "run", "variant", "score", "merge"])
     p.add_argument("dir", nargs="?", default=str(WORK / "gpu"), help="merge: the run's output folder")
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--max-len", type=int, default=1024)
@@ -298,15 +353,20 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--name", help="variant: which one")
     p.add_argument("--out", default=os.environ.get("OUT", str(WORK / "gpu")))
+    p.add_argument("--ckpt-dir", default="", help="where the best weights go (default: --out)")
     p.add_argument("--train-s", type=float, default=300)
+    p.add_argument("--epochs", type=float, default=12, help="at most this many epochs (0 = as many as --train-s allows)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--micro-batch-tokens", type=int, default=65536)
     p.add_argument("--valid-users", type=int, default=3000)
     p.add_argument("--valid-loss-rows", type=int, default=0, help="validation rows for the loss that picks the best step (0 = all)")
-    p.add_argument("--test-users", type=int, default=0)
-    p.add_argument("--eval-batch", type=int, default=128)
+    p.add_argument("--test-users", type=int, default=0, help="0 = all; -1 = only the variant run picks")
+    p.add_argument("--test-limit", type=int, default=0, help="run with --test-users -1: test users the picked variant is scored on (0 = all)")
+    p.add_argument("--eval-batch", type=int, default=128, help="users per beam-search batch, at most")
+    p.add_argument("--eval-tokens", type=int, default=10**9, help="prompt tokens per beam-search batch, at most")
     args = p.parse_args(argv)
-    {"inputs": stage_inputs, "run": stage_run, "variant": stage_variant, "merge": stage_merge}[args.stage](args)
+    {"inputs": stage_inputs, "run": stage_run, "variant": stage_variant, "score": stage_score,
+     "merge": stage_merge}[args.stage](args)
     return 0
 
 
