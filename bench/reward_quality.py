@@ -71,45 +71,15 @@ def split_frames(name: str):
             pd.read_parquet(data / "interactions" / "test.parquet"))
 
 
-class TfidfPairRanker:
-    """w . [tfidf(cv) * tfidf(jd), cos(cv, jd)], w fitted by logistic regression on phi(+) - phi(-)."""
-
-    def __init__(self, chinese: bool):
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        # Text without spaces (the Chinese set) is read as character uni- and bigrams.
-        self.vectorizer = (TfidfVectorizer(analyzer="char", ngram_range=(1, 2), sublinear_tf=True, min_df=2) if chinese
-                           else TfidfVectorizer(sublinear_tf=True, min_df=2, stop_words="english"))
-
-    def features(self, cvs, jds):
-        import scipy.sparse as sp
-
-        a, b = self.vectorizer.transform(cvs), self.vectorizer.transform(jds)
-        product = a.multiply(b).tocsr()
-        return sp.hstack([product, sp.csr_matrix(np.asarray(product.sum(1)))]).tocsr()
-
-    def fit(self, pairs: pd.DataFrame) -> "TfidfPairRanker":
-        from sklearn.linear_model import LogisticRegression
-        import scipy.sparse as sp
-
-        self.vectorizer.fit(pd.unique(pd.concat([pairs["cv_text"], pairs["pos_text"], pairs["neg_text"]])))
-        diff = self.features(pairs["cv_text"], pairs["pos_text"]) - self.features(pairs["neg_cv_text"], pairs["neg_text"])
-        x = sp.vstack([diff, -diff])
-        y = np.r_[np.ones(diff.shape[0]), np.zeros(diff.shape[0])]
-        self.model = LogisticRegression(C=10.0, max_iter=2000, fit_intercept=False).fit(x, y)
-        return self
-
-    def score(self, cvs, jds) -> np.ndarray:
-        return (self.features(list(cvs), list(jds)) @ self.model.coef_.ravel()).astype(np.float32)
-
-
 def train_one(name: str, model: str, steps: int) -> dict:
     from genrec.jobs import reward as R
 
     train, test, inter = split_frames(name)
     started = time.time()
     if model == "tfidf_lr":
-        scorer = TfidfPairRanker(chinese=name == "zh_screening").fit(train)
+        from genrec.jobs.tfidf_reward import TfidfPairModel  # genrec's backbone=tfidf reward model
+
+        scorer = TfidfPairModel(chinese=name == "zh_screening").fit(train)
         score_fn, detail = scorer.score, {}
     else:
         import torch

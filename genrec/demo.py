@@ -92,7 +92,7 @@ def _stage_lines(stages: dict) -> dict:
         if "skipped" in stage:
             lines[name] = f"skipped: {stage['skipped']}"
         elif stage.get("verb") == "ppo":
-            lines[name] = _ppo_line(Path(result["out_dir"]) / "metrics.jsonl")
+            lines[name] = _ppo_line(Path(result["out_dir"]))
         elif "metrics" in result:
             m = result["metrics"]
             lines[name] = (f"{result.get('users')} users: HR@10 {m.get('hr@10', 0):.4f}, NDCG@10 {m.get('ndcg@10', 0):.4f}, "
@@ -105,17 +105,25 @@ def _stage_lines(stages: dict) -> dict:
     return lines
 
 
-def _ppo_line(log: Path) -> str:
-    """Reward, KL and the hidden true fit at the first and the last iteration: true fit is what the
-    learned reward cannot fool."""
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+def _ppo_line(out: Path) -> str:
+    """The learned reward and the hidden true fit on held-out CVs before the first update and after
+    the last (eval.jsonl; true fit is what the learned reward cannot fool), and the last KL; without
+    an evaluation, the first and the last iteration's batch means."""
+    from genrec.rl.loop import EVAL_FILE, read_metrics
+
+    rows, evals = read_metrics(out), read_metrics(out, EVAL_FILE)
     if not rows:
-        return f"no iterations logged in {log}"
-    first, last = rows[0], rows[-1]
+        return f"no iterations logged in {out}"
     parts = [f"{len(rows)} iterations"]
-    for key in ("reward_mean", "kl", "true_fit"):
+    if len(evals) >= 2:
+        first, last = evals[0], evals[-1]
+        parts[0] += f"; held-out eval ({last['responses']} responses, updates {first['iteration']} -> {last['iteration']})"
+    else:
+        first, last = rows[0], rows[-1]
+    for key in ("reward_mean", "true_fit"):
         if key in first and key in last:
             parts.append(f"{key} {first[key]:.3f} -> {last[key]:.3f}")
+    parts.append(f"kl {rows[-1]['kl']:.2f}")
     return ", ".join(parts)
 
 

@@ -259,6 +259,8 @@ def sections_for_run(summary: dict) -> list[dict]:
         elif s["verb"] == "ppo":
             sections.append(curves(f"PPO: {name}", out / "metrics.jsonl", x="iteration",
                                    keys=["reward_mean", "kl", "true_fit"]))
+            if (out / "eval.jsonl").exists():
+                sections.append(ppo_evaluations(f"PPO held-out evaluation: {name}", out / "eval.jsonl"))
         elif s["verb"] == "train-reward" and (out / "metrics.jsonl").exists():
             sections.append(curves(f"Reward model: {name}", out / "metrics.jsonl", x="step",
                                    keys=["loss", "valid_loss", "valid_pairwise_acc"]))
@@ -267,6 +269,15 @@ def sections_for_run(summary: dict) -> list[dict]:
     if job_evaluations:
         sections.append(ranking("Job recommendation", job_evaluations))
     return sections
+
+
+def ppo_evaluations(title: str, log: Path) -> dict:
+    """PPO's fixed evaluations (eval.jsonl): the same held-out prompts and seeds after 0, ..., N updates."""
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    keys = [k for k in ("reward_mean", "true_fit", "response_length", "eos_rate") if rows and k in rows[0]]
+    lines = ["| updates | responses | " + " | ".join(keys) + " |", "|---:|---:|" + "---:|" * len(keys)]
+    lines += [f"| {r['iteration']} | {r['responses']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |" for r in rows]
+    return text(title, "\n".join(lines))
 
 
 # ---------------------------------------------------------------------------------------- helpers

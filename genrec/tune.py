@@ -2,14 +2,16 @@
 
     Tuner(run_trial, param_space={stage, base, params: search space})
       -> each trial: stage config = base + sampled params, out_dir = out_dir/trials/<trial id>
-         -> the stage's TorchTrainer, with TuneReportCallback passing every ray.train.report
-            (validation loss every eval_every steps) to Tune, where ASHA stops trailing trials
-         -> optionally HR@10 on the first hr_users validation users (constrained beam search)
+         -> sft, reward: the stage's TorchTrainer, with TuneReportCallback passing every
+            ray.train.report (validation loss / pairwise accuracy every eval_every steps) to Tune,
+            where ASHA stops trailing trials
+         -> sft: optionally HR@10 on the first hr_users validation users (constrained beam search)
+         -> ppo: the actor loop, reporting every iteration (reward_mean, kl, true_fit, ...)
       -> results.csv / results.md (one row per trial), best.json, best_config.yaml, report.md (plots)
 
 The trial function only drives: it holds next to no resources itself (TRIAL_DRIVER_CPU), the stage's
-Ray Train workers do, so the number of trials at once is the cluster's CPUs (or GPUs) over the
-workers one trial needs. A stage becomes tunable by an entry in STAGES: its config class and a
+Ray Train workers (or PPO actors) do, so the number of trials at once is the cluster's CPUs (or
+GPUs) over what one trial needs. A stage becomes tunable by an entry in STAGES: its config class and a
 `fit(cfg, callbacks) -> final metrics` that hands `callbacks` to its TorchTrainer's RunConfig
 (a stage that is not a Ray Train run, such as PPO's actor loop, calls `ray.tune.report` itself
 and ignores them). Every report must carry the stage's `metric` (what ASHA prunes on).
@@ -29,7 +31,8 @@ import pandas as pd
 import ray
 import yaml
 
-from genrec.config import ConfigError, PrepareConfig, SFTConfig, TuneConfig, from_dict, load_config, save_config
+from genrec.config import (ConfigError, PPOConfig, PrepareConfig, RewardConfig, SFTConfig, TuneConfig, from_dict,
+                           load_config, save_config)
 from genrec.runtime import init_ray
 
 log = logging.getLogger("genrec.tune")
@@ -59,6 +62,68 @@ def sft_for_tune(cfg: SFTConfig) -> SFTConfig:
     return dataclasses.replace(cfg, save_every=cfg.eval_every)
 
 
+def fit_reward(cfg: RewardConfig, callbacks: list) -> dict:
+    """genrec.train.reward.train_reward with Tune's callbacks; returns the held-out metrics."""
+    from genrec.train.reward import train_reward
+
+    return train_reward(cfg, callbacks=callbacks, keep_checkpoints=1)
+
+
+def reward_for_tune(cfg: RewardConfig) -> RewardConfig:
+    """As for SFT: checkpoints only at validation steps, so every report carries valid_pairwise_acc."""
+    if cfg.eval_every == 0:
+        raise ConfigError("eval_every: a tuned reward run needs validation reports (eval_every > 0) for ASHA")
+    return dataclasses.replace(cfg, save_every=cfg.eval_every)
+
+
+def fit_ppo(cfg: PPOConfig, callbacks: list) -> dict:
+    """genrec.rl.loop.run_ppo, reporting every iteration's metrics to Tune itself: PPO is a loop of
+    Ray actors, not a TorchTrainer, so there is no RunConfig for `callbacks`."""
+    from genrec.rl.loop import run_ppo
+
+    return run_ppo(cfg, report=lambda record: ray.tune.report(
+        {k: v for k, v in record.items() if isinstance(v, (int, float))}))
+
+
+def ppo_bundles(cfg: PPOConfig) -> list[dict]:
+    """One placement-group bundle per PPO actor (learner, reference, reward scorer, rollout workers):
+    the actors a trial starts land in its placement group, so the trial reserves them up front."""
+    gpu = {"GPU": 1} if cfg.use_gpu else {}
+    return ([{"CPU": cfg.learner_cpus, **gpu}, {"CPU": cfg.worker_cpus}, {"CPU": cfg.worker_cpus}]
+            + [{"CPU": cfg.worker_cpus, **gpu}] * cfg.num_rollout_workers)
+
+
+def ppo_resources(cfg: PPOConfig) -> dict:
+    """What the PPO actors of one trial hold in all."""
+    bundles = ppo_bundles(cfg)
+    return {key: sum(b.get(key, 0) for b in bundles) for key in ("CPU", "GPU") if any(key in b for b in bundles)}
+
+
+def train_workers(cfg) -> dict:
+    """What one trial's Ray Train workers hold: a CPU each, or a GPU each with use_gpu."""
+    return {"GPU": cfg.num_workers} if cfg.use_gpu else {"CPU": cfg.num_workers}
+
+
+def sft_final_step(trial_dir: Path):
+    final = trial_dir / "final" / "genrec.json"
+    return json.loads(final.read_text())["metrics"].get("step") if final.exists() else None
+
+
+def reward_final_step(trial_dir: Path):
+    final = trial_dir / "final" / "genrec.json"
+    return json.loads(final.read_text())["train"].get("step") if final.exists() else None
+
+
+def ppo_final_iteration(trial_dir: Path):
+    """The iteration of the checkpoint run_ppo copies to final/ once every iteration has run."""
+    from genrec.rl.loop import read_metrics
+
+    if not (trial_dir / "final").exists():
+        return None
+    metrics = read_metrics(trial_dir)
+    return metrics[-1]["iteration"] if metrics else None
+
+
 @dataclass
 class Stage:
     config_cls: type
@@ -66,12 +131,28 @@ class Stage:
     adapt: Callable[[Any], Any] = lambda cfg: cfg  # settings a trial needs (e.g. reports at validation steps)
     metric: str = "valid_loss"  # in every report: ASHA prunes on it, metric=valid picks the best by it
     mode: str = "min"
-    x: str = "step"  # the metrics.jsonl key the report plots the metric against
+    x: str = "step"  # the metrics.jsonl key of a report's position (plots; finished or stopped early)
     path_keys: tuple = ("data_dir",)  # input paths, made absolute: a trial runs in its own folder
     best_dir: str = "best"  # the trial's model that the best-config row points at
+    resources: Callable[[Any], dict] = train_workers  # what one trial holds besides its driver
+    # Bundles of the trial's own placement group for actors it starts itself (a TorchTrainer's
+    # workers get a placement group of their own, so sft and reward trials need none).
+    bundles: Callable[[Any], list] = lambda cfg: []
+    final_x: Callable[[Path], Any] = sft_final_step  # where a trial that ran to its end stopped (None: it did not)
+    # Pick by the metric's last report (the model a trial keeps is its last) rather than its best one.
+    pick_last: bool = False
 
 
-STAGES: dict[str, Stage] = {"sft": Stage(SFTConfig, fit_sft, sft_for_tune)}
+STAGES: dict[str, Stage] = {
+    "sft": Stage(SFTConfig, fit_sft, sft_for_tune),
+    "reward": Stage(RewardConfig, fit_reward, reward_for_tune, metric="valid_pairwise_acc", mode="max",
+                    best_dir="final", final_x=reward_final_step, pick_last=True),
+    # The learned reward is what PPO maximises; on the synthetic market `true_fit` is also in every
+    # report and results row, to catch a trial that games the reward model.
+    "ppo": Stage(PPOConfig, fit_ppo, metric="reward_mean", mode="max", x="iteration",
+                 path_keys=("policy_dir", "prompts_path", "truth_path", "reward_path"), best_dir="final",
+                 resources=ppo_resources, bundles=ppo_bundles, final_x=ppo_final_iteration, pick_last=True),
+}
 
 
 # ------------------------------------------------------------------------------------ search space
@@ -116,6 +197,8 @@ def tune(cfg: TuneConfig) -> dict:
 
     init_ray()
     stage = STAGES[cfg.stage]
+    if cfg.metric == "hr@10" and cfg.stage != "sft":
+        raise ConfigError(f"metric: hr@10 is measured for the sft stage only; use metric=valid for {cfg.stage}")
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -131,7 +214,7 @@ def tune(cfg: TuneConfig) -> dict:
     data_dirs = prepare_variants(cfg, out)
     token_cache = build_token_cache(cfg, base_cfg, data_dirs, out) if cfg.stage == "sft" else {}
 
-    per_trial = trial_resources(base_cfg)
+    per_trial = stage.resources(base_cfg)
     concurrency = cfg.max_concurrent_trials or max_trials_at_once(per_trial)
     log.info("tune %s: %d samples, %d trial(s) at once (each %s)", cfg.stage, cfg.num_samples, concurrency, per_trial)
     scheduler = (ASHAScheduler(time_attr="training_iteration", grace_period=cfg.grace_period,
@@ -143,7 +226,7 @@ def tune(cfg: TuneConfig) -> dict:
         "params": {key: search_domain(key, spec) for key, spec in cfg.search_space.items()},
     }
     tuner = ray_tune.Tuner(
-        ray_tune.with_resources(run_trial, {"CPU": TRIAL_DRIVER_CPU}),
+        ray_tune.with_resources(run_trial, trial_placement),
         param_space=param_space,
         tune_config=ray_tune.TuneConfig(metric=stage.metric, mode=stage.mode, scheduler=scheduler,
                                         num_samples=cfg.num_samples,
@@ -157,10 +240,14 @@ def tune(cfg: TuneConfig) -> dict:
     return best
 
 
-def trial_resources(cfg) -> dict:
-    """What one trial's Ray Train workers hold: a CPU each, or a GPU each with use_gpu."""
-    workers = getattr(cfg, "num_workers", 1)
-    return {"GPU": workers} if getattr(cfg, "use_gpu", False) else {"CPU": workers}
+def trial_placement(config: dict):
+    """The trial's placement group: its driver's sliver of a CPU, plus the stage's bundles for the
+    trial's config (a swept num_rollout_workers changes them)."""
+    from ray.tune import PlacementGroupFactory
+
+    stage = STAGES[config["stage"]]
+    values = {k: v for k, v in {**config["base"], **config["params"]}.items() if k not in PREPARE_KEYS}
+    return PlacementGroupFactory([{"CPU": TRIAL_DRIVER_CPU}, *stage.bundles(from_dict(stage.config_cls, values))])
 
 
 def max_trials_at_once(per_trial: dict) -> int:
@@ -213,7 +300,8 @@ def run_trial(config: dict) -> None:
     if "history_len" in values:
         values["data_dir"] = config["data_dirs"][str(values.pop("history_len"))]
     values["out_dir"] = str(Path(config["trials_dir"]) / trial_id)
-    values["run_name"] = trial_id
+    if "run_name" in stage.config_cls.__dataclass_fields__:
+        values["run_name"] = trial_id
     cfg = stage.adapt(from_dict(stage.config_cls, values))
     link_tokens(cfg, config["token_cache"])
     final = stage.fit(cfg, [TuneReportCallback()])
@@ -257,29 +345,29 @@ def result_rows(grid, stage: Stage, out: Path) -> list[dict]:
         valid = history[key].dropna() if history is not None and key in history else pd.Series([], dtype=float)
         if result.error is not None:
             status = "error"  # ASHA stopping a trial mid-report can also surface as an error
-        elif finished_at(trial_dir) == metrics.get("step"):
+        elif stage.final_x(trial_dir) == metrics.get(stage.x):
             status = "finished"
         else:
             status = "stopped early"  # (a stopped trial may still write its final model: Tune saw it stop)
-        row = {"trial": trial_id, **config.get("params", {}), "status": status, "step": metrics.get("step"),
+        row = {"trial": trial_id, **config.get("params", {}), "status": status, stage.x: metrics.get(stage.x),
                "reports": len(valid), key: metrics.get(key),
-               f"best_{key}": (float(valid.min() if stage.mode == "min" else valid.max()) if len(valid) else None),
-               "hr@10": metrics.get("hr@10"),
-               "model": str(trial_dir / stage.best_dir), "error": str(result.error).splitlines()[0] if result.error else ""}
+               f"best_{key}": (float(valid.min() if stage.mode == "min" else valid.max()) if len(valid) else None)}
+        for extra in ("hr@10", "true_fit", "kl"):  # hr@10: sft with hr_users; true_fit, kl: PPO
+            if extra in metrics:
+                row[extra] = metrics[extra]
+        row.update(model=str(trial_dir / stage.best_dir), error=str(result.error).splitlines()[0] if result.error else "")
         rows.append(row)
     return rows
-
-
-def finished_at(trial_dir: Path):
-    final = trial_dir / "final" / "genrec.json"
-    return json.loads(final.read_text())["metrics"].get("step") if final.exists() else None
 
 
 def write_results(cfg: TuneConfig, rows: list[dict], out: Path) -> dict:
     """results.csv and results.md, best.json, and best_config.yaml (loadable by the stage's verb)."""
     table = pd.DataFrame(rows)
     stage = STAGES[cfg.stage]
-    key, ascending = ("hr@10", False) if cfg.metric == "hr@10" else (f"best_{stage.metric}", stage.mode == "min")
+    if cfg.metric == "hr@10":
+        key, ascending = "hr@10", False
+    else:
+        key, ascending = (stage.metric if stage.pick_last else f"best_{stage.metric}"), stage.mode == "min"
     table = table.sort_values(key, ascending=ascending, na_position="last")
     table.to_csv(out / "results.csv", index=False)
     (out / "results.md").write_text(markdown_table(table, f"Tune {cfg.stage}: {len(table)} trials, best by {key}"))
@@ -290,7 +378,8 @@ def write_results(cfg: TuneConfig, rows: list[dict], out: Path) -> dict:
     (out / "best.json").write_text(json.dumps(best, indent=2, default=str))
     trial_config = yaml.safe_load((out / "trials" / best["trial"] / "config.yaml").read_text())
     trial_config["out_dir"] = str(out / "best_run")  # a fresh run of the winner, not a resume of the trial
-    trial_config["run_name"] = ""
+    if "run_name" in trial_config:
+        trial_config["run_name"] = ""
     stage_cfg = from_dict(STAGES[cfg.stage].config_cls, trial_config)
     save_config(stage_cfg, out / "best_config.yaml")
     best["best_config"] = str(out / "best_config.yaml")

@@ -42,3 +42,60 @@ def test_tune_picks_the_trial_with_the_good_learning_rate_on_cpu(ray_session, tm
     report = (out / "report.md").read_text()
     assert "![valid_loss_per_trial](plots/valid_loss_per_trial.png)" in report
     assert (out / "plots" / "valid_loss_per_trial.png").stat().st_size > 1000
+
+
+def test_tune_reward_picks_the_trial_that_learns_on_cpu(ray_session, tmp_path):
+    from genrec.config import PrepareJobsConfig, RewardConfig
+    from genrec.jobs.prepare import prepare_jobs
+
+    # no truncated negatives: 40 tiny steps learn the plain pairs faster (this test is about Tune)
+    prepare_jobs(PrepareJobsConfig(out_dir=str(tmp_path / "jobs"), synth_num_cvs=200, synth_num_jds=150, seed=1,
+                                   truncated_negatives=0))
+    base = dict(data_dir=str(tmp_path / "jobs"), backbone="tiny", vocab_size=600, tiny_hidden=32, tiny_layers=1,
+                tiny_heads=2, max_len=160, batch_size=32, warmup_steps=2, max_steps=40, eval_every=20, log_every=20)
+    (tmp_path / "reward.yaml").write_text(yaml.safe_dump(base))
+    tune_yaml = {"stage": "reward", "base_config": str(tmp_path / "reward.yaml"),
+                 "search_space": {"lr": {"grid": [1e-7, 3e-3]}}, "num_samples": 1, "scheduler": "fifo",
+                 "out_dir": str(tmp_path / "tune")}
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(tune_yaml))
+
+    assert main(["tune", "--config", str(tmp_path / "tune.yaml")]) == 0
+    out = tmp_path / "tune"
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 2 and set(results["status"]) == {"finished"}, results.to_string()
+    assert results["reports"].tolist() == [2, 2]  # validation at steps 20 and 40
+    best = json.loads((out / "best.json").read_text())
+    bad = results[results["lr"] == 1e-7].iloc[0]
+    assert best["lr"] == 3e-3 and best["valid_pairwise_acc"] > bad["valid_pairwise_acc"] + 0.05, results.to_string()
+    assert (out / "trials" / best["trial"] / "final" / "genrec.json").exists()
+    cfg = load_config(RewardConfig, out / "best_config.yaml")
+    assert cfg.lr == 3e-3 and cfg.out_dir == str(out / "best_run")
+
+
+def test_tune_ppo_picks_the_trial_whose_reward_rises_on_cpu(ray_session, tmp_path):
+    from genrec.config import PPOConfig
+    from genrec.rl.toy import make_toy_task
+
+    task = make_toy_task(tmp_path / "task")
+    base = dict(task, prompt_format="raw", reward="count", reward_word="yes", iterations=6, rollout_batch_size=32,
+                max_new_tokens=8, num_rollout_workers=1, ppo_epochs=2, minibatch_size=16, value_lr=1e-2,
+                kl_controller="fixed", init_kl_coef=0.5, save_every=3, worker_cpus=0.25, learner_cpus=0.25,
+                torch_threads=1, seed=7)
+    (tmp_path / "ppo.yaml").write_text(yaml.safe_dump(base))
+    tune_yaml = {"stage": "ppo", "base_config": str(tmp_path / "ppo.yaml"),
+                 "search_space": {"lr": {"grid": [1e-7, 3e-3]}}, "num_samples": 1, "scheduler": "fifo",
+                 "out_dir": str(tmp_path / "tune")}
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(tune_yaml))
+
+    assert main(["tune", "--config", str(tmp_path / "tune.yaml")]) == 0
+    out = tmp_path / "tune"
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 2 and set(results["status"]) == {"finished"}, results.to_string()
+    assert results["iteration"].tolist() == [6, 6] and results["reports"].tolist() == [6, 6]
+    best = json.loads((out / "best.json").read_text())
+    bad = results[results["lr"] == 1e-7].iloc[0]
+    assert best["lr"] == 3e-3 and best["reward_mean"] > bad["reward_mean"] + 1.0, results.to_string()
+    assert "kl" in results.columns
+    cfg = load_config(PPOConfig, out / "best_config.yaml")
+    assert cfg.lr == 3e-3 and cfg.out_dir == str(out / "best_run")
+    assert "![reward_mean_per_trial](plots/reward_mean_per_trial.png)" in (out / "report.md").read_text()

@@ -162,7 +162,8 @@ class RewardScorer:
 
 
 def load_reward(path, device=None) -> RewardScorer:
-    """A RewardScorer from a reward checkpoint directory (train-reward's out_dir/final, or that out_dir)."""
+    """A RewardScorer from a reward checkpoint directory (train-reward's out_dir/final, or that out_dir);
+    a tfidf checkpoint gives a TfidfRewardScorer, which scores the same way."""
     from transformers import AutoModel
 
     from genrec.models.tokenizer import load_tokenizer
@@ -176,10 +177,14 @@ def load_reward(path, device=None) -> RewardScorer:
     meta = json.loads(meta_path.read_text())
     if meta.get("stage") != "reward":
         raise ValueError(f"{path} holds a {meta.get('stage')!r} checkpoint, not a reward model")
+    meta["checkpoint"] = str(path.resolve())
+    if meta.get("backbone") == "tfidf":
+        from genrec.jobs.tfidf_reward import load_tfidf_reward
+
+        return load_tfidf_reward(path, meta)
     base = AutoModel.from_pretrained(path / BACKBONE_DIR)
     model = RewardModel(base, meta["pooling"])
     model.head.load_state_dict(torch.load(path / HEAD_FILE, map_location="cpu"))
-    meta["checkpoint"] = str(path.resolve())
     return RewardScorer(model, load_tokenizer(str(path)), meta, device)
 
 

@@ -13,7 +13,7 @@ grade g), negatives of these kinds, each JD- never a matched JD of that CV:
             (same role, other seniority; else other skills or place)
   related   a JD of a group related to JD+'s (JobSet.related)
   random    any JD
-  truncated JD+ itself cut to its first 5-40% of words (training split only; off by default): a
+  truncated JD+ itself cut to its first 5-40% of words (training split only; on by default): a
             degenerate JD must score below the whole one. Without these a reward model can prefer
             near-empty JDs, and PPO then learns to write them (seen on the synthetic market: reward
             up, true fit down)

@@ -35,6 +35,7 @@ from genrec.runtime import init_ray
 
 log = logging.getLogger("genrec.rl")
 METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.jsonl"
 CHECKPOINTS = "checkpoints"
 WORKER_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
@@ -49,16 +50,22 @@ def prompt_text(cfg: PPOConfig, text: str) -> str:
 
 
 class PromptSet:
-    """The prompt sources (CVs), their token ids, and the hidden fields when the file has them."""
+    """The prompt sources (CVs), their token ids, and the hidden fields when the file has them.
+    `split` keeps the rows whose `split` column equals it; `limit` the first rows."""
 
-    def __init__(self, cfg: PPOConfig, tokenizer):
+    def __init__(self, cfg: PPOConfig, tokenizer, split: str = "", limit: int = 0):
         table = pq.read_table(cfg.prompts_path)
         if cfg.prompt_column not in table.column_names:
             raise ValueError(f"{cfg.prompts_path}: no column {cfg.prompt_column!r} (prompt_column); "
                              f"columns: {table.column_names}")
         rows = table.to_pylist()
+        if split:
+            if "split" not in table.column_names:
+                raise ValueError(f"{cfg.prompts_path}: no `split` column to select split={split!r} from")
+            rows = [r for r in rows if r["split"] == split]
+        rows = rows[:limit] if limit else rows
         if not rows:
-            raise ValueError(f"{cfg.prompts_path}: no rows")
+            raise ValueError(f"{cfg.prompts_path}: no rows" + (f" with split == {split!r}" if split else ""))
         self.texts = []
         for i, row in enumerate(rows):
             text = row[cfg.prompt_column]
@@ -116,7 +123,9 @@ class PPORun:
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out / "config.yaml")
         self.tokenizer = load_tokenizer(cfg.policy_dir)
-        self.prompts = PromptSet(cfg, self.tokenizer)
+        self.prompts = PromptSet(cfg, self.tokenizer, split=cfg.prompt_split)
+        self.eval_prompts = (PromptSet(cfg, self.tokenizer, split=cfg.eval_split or cfg.prompt_split, limit=cfg.eval_size)
+                             if cfg.eval_size else None)
         gpu = 1 if cfg.use_gpu else 0
         self.learner = actors.Learner.options(num_cpus=cfg.learner_cpus, num_gpus=gpu).remote(cfg)
         self.reference = actors.ReferencePolicy.options(num_cpus=cfg.worker_cpus).remote(cfg)
@@ -137,6 +146,7 @@ class PPORun:
         self.restarts = int(state["extra"].get("restarts", 0))
         start = int(state["iteration"])
         _truncate_log(self.out / METRICS_FILE, start)
+        _truncate_log(self.out / EVAL_FILE, start - 1)  # the evaluation at `start` runs again
         log.info("resuming from %s at iteration %d", latest, start)
         return start
 
@@ -146,6 +156,10 @@ class PPORun:
             last = self.iteration(iteration)
             if (iteration + 1) % cfg.save_every == 0 or iteration + 1 == cfg.iterations:
                 self.save_checkpoint(iteration + 1, last)
+        if self.eval_prompts is not None:  # the policy after the last update
+            weights = self.learner.weights.remote()
+            ray.get([w.set_weights.remote(weights) for w in self.workers])
+            self.evaluate(cfg.iterations, weights)
         final = self.out / "final"
         latest = latest_checkpoint(self.out)
         if latest is not None:
@@ -153,7 +167,7 @@ class PPORun:
                 shutil.rmtree(final)
             shutil.copytree(latest, final)
         return {"out_dir": str(self.out), "iterations": cfg.iterations, "restarts": self.restarts,
-                "final": str(final), "last": last}
+                "final": str(final), "last": last, "eval": read_metrics(self.out, EVAL_FILE)}
 
     def iteration(self, iteration: int) -> dict:
         cfg, timing = self.cfg, {}
@@ -163,6 +177,11 @@ class PPORun:
         weights = self.learner.weights.remote()  # stays in the object store; every worker reads it
         ray.get([w.set_weights.remote(weights) for w in self.workers])
         timing["sync"] = time.perf_counter() - t
+        evaluation = {}
+        if self.eval_prompts is not None and (iteration == 0 or (cfg.eval_every and iteration % cfg.eval_every == 0)):
+            t = time.perf_counter()
+            evaluation = self.evaluate(iteration, weights)  # the policy before this iteration's update
+            timing["eval"] = time.perf_counter() - t
 
         rows = self.prompts.batch(iteration, cfg.rollout_batch_size)
         t = time.perf_counter()
@@ -170,8 +189,7 @@ class PPORun:
         timing["generate"] = time.perf_counter() - t
 
         sources = [self.prompts.texts[i] for i in rows]
-        responses = self.tokenizer.batch_decode(
-            [tok[: int(n)].tolist() for tok, n in zip(rollout.tokens, rollout.lengths)], skip_special_tokens=True)
+        responses = self._decode(rollout)
         t = time.perf_counter()
         scores = np.asarray(ray.get(self.scorer.score.remote(sources, responses)), dtype=np.float32)
         timing["score"] = time.perf_counter() - t
@@ -192,6 +210,7 @@ class PPORun:
         record = {"iteration": iteration + 1, "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
                   **metrics, "eos_rate": float(rollout.eos.float().mean()), "response_tokens": tokens,
                   "tokens_per_s": tokens / max(timing["generate"], 1e-9), "restarts": self.restarts,
+                  **{f"eval/{k}": v for k, v in evaluation.items() if k != "iteration"},
                   **{f"timing/{k}": v for k, v in timing.items()}}
         if self.prompts.truth is not None:  # the hidden ground truth: the check against reward hacking
             from genrec.data.jobs_synth import fit_of_text
@@ -207,11 +226,39 @@ class PPORun:
             self.report(record)
         return record
 
-    def _rollouts(self, rows: list[int], iteration: int, weights) -> Rollout:
+    def evaluate(self, iteration: int, weights) -> dict:
+        """Mean learned reward (and hidden true fit) of eval_samples responses to each evaluation prompt,
+        with the same seeds every time, so that evaluations differ by the policy alone. Appended to
+        eval.jsonl with `iteration` = the updates the policy has had (0 = the SFT policy)."""
+        cfg, prompts = self.cfg, self.eval_prompts
+        rows = list(range(len(prompts.texts))) * cfg.eval_samples
+        rollout = self._rollouts(rows, -1, weights, prompts)  # iteration -1: the evaluation's own seeds
+        sources = [prompts.texts[i] for i in rows]
+        responses = self._decode(rollout)
+        scores = np.asarray(ray.get(self.scorer.score.remote(sources, responses)), dtype=np.float32)
+        record = {"iteration": iteration, "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
+                  "response_length": float(rollout.lengths.float().mean()), "eos_rate": float(rollout.eos.float().mean()),
+                  "responses": len(rows)}
+        if prompts.truth is not None:
+            from genrec.data.jobs_synth import fit_of_text
+
+            record["true_fit"] = float(np.mean([fit_of_text(prompts.truth[s], r) for s, r in zip(sources, responses)]))
+        with open(self.out / EVAL_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        log.info("eval after %d updates: reward %.3f%s (%d responses)", iteration, record["reward_mean"],
+                 f" true_fit {record['true_fit']:.3f}" if "true_fit" in record else "", len(rows))
+        return record
+
+    def _decode(self, rollout: Rollout) -> list[str]:
+        return self.tokenizer.batch_decode(
+            [tok[: int(n)].tolist() for tok, n in zip(rollout.tokens, rollout.lengths)], skip_special_tokens=True)
+
+    def _rollouts(self, rows: list[int], iteration: int, weights, prompt_set: PromptSet | None = None) -> Rollout:
         """Every worker samples its share; a share whose worker died is redone once Ray restarted it."""
         cfg = self.cfg
+        prompt_set = prompt_set or self.prompts
         shares = np.array_split(np.arange(len(rows)), len(self.workers))
-        prompts = [[self.prompts.ids[rows[i]] for i in share] for share in shares]
+        prompts = [[prompt_set.ids[rows[i]] for i in share] for share in shares]
         seeds = [cfg.seed * 1_000_003 + iteration * 1009 + w for w in range(len(self.workers))]
         results: list[Rollout | None] = [None] * len(self.workers)
         pending = {w: self.workers[w].generate.remote(prompts[w], seeds[w], iteration) for w in range(len(self.workers))}
@@ -302,6 +349,7 @@ def run_ppo(cfg: PPOConfig, report: Callable[[dict], None] | None = None) -> dic
         run.cleanup()
 
 
-def read_metrics(out_dir: str | Path) -> list[dict]:
-    path = Path(out_dir) / METRICS_FILE
+def read_metrics(out_dir: str | Path, name: str = METRICS_FILE) -> list[dict]:
+    """The records of metrics.jsonl (or eval.jsonl with name=EVAL_FILE)."""
+    path = Path(out_dir) / name
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

@@ -51,8 +51,9 @@ PAIR_COLUMNS = ["cv_text", "pos_text", "neg_cv_text", "neg_text", "margin", "neg
 
 
 # ------------------------------------------------------------------------------------ the driver
-def train_reward(cfg: RewardConfig) -> dict:
-    """Run the reward stage; returns the held-out metrics (also in out_dir/metrics.json)."""
+def train_reward(cfg: RewardConfig, callbacks: list | None = None, keep_checkpoints: int = 2) -> dict:
+    """Run the reward stage; returns the held-out metrics (also in out_dir/metrics.json).
+    `callbacks` go on the Ray Train RunConfig (Tune's TuneReportCallback: genrec/tune.py)."""
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -64,6 +65,8 @@ def train_reward(cfg: RewardConfig) -> dict:
     data = Path(cfg.data_dir).resolve()
     if not (data / "pairs" / "train.parquet").exists():
         raise FileNotFoundError(f"data_dir: {data / 'pairs' / 'train.parquet'} is missing; run `genrec prepare-jobs` first")
+    if cfg.backbone == "tfidf":
+        return fit_tfidf_reward(cfg, data, out)
     tokenizer_dir = build_tokenizer(cfg, out, data)
     trainer = TorchTrainer(
         reward_worker,
@@ -72,9 +75,30 @@ def train_reward(cfg: RewardConfig) -> dict:
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(name=cfg.run_name or out.name, storage_path=str(out / "ray"),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints), callbacks=callbacks),
     )
     trainer.fit()
+    return evaluate_checkpoint(out / FINAL, data, out, cfg.calibration_bins)
+
+
+def fit_tfidf_reward(cfg: RewardConfig, data: Path, out: Path) -> dict:
+    """backbone=tfidf: a linear model fitted in the driver in seconds; Ray Train, steps and
+    checkpoints have nothing to add to it. Same final/ folder and held-out metrics as the others."""
+    from genrec.jobs.tfidf_reward import TfidfPairModel, save_tfidf_reward
+
+    pairs = load_pairs(data / "pairs" / "train.parquet", cfg.max_train_pairs)
+    texts = pd.concat([pairs["cv_text"], pairs["pos_text"]]).head(1000)
+    chinese = float(texts.str.count(" ").sum()) < 0.02 * float(texts.str.len().sum())  # no spaces between words
+    started = time.time()
+    model = TfidfPairModel(chinese=chinese).fit(pairs)
+    train = {"pairs": len(pairs), "fit_s": round(time.time() - started, 2), "chinese": chinese}
+    valid = load_pairs(data / "pairs" / "valid.parquet", 2000)
+    if len(valid):
+        r_pos, r_neg = model.score(valid["cv_text"], valid["pos_text"]), model.score(valid["neg_cv_text"], valid["neg_text"])
+        train["valid_pairwise_acc"] = R.pairwise_accuracy(r_pos, r_neg)
+    with open(out / METRICS_FILE, "a") as f:
+        f.write(json.dumps({"step": 0, **train}) + "\n")
+    save_tfidf_reward(out / FINAL, model, {"config": dataclasses.asdict(cfg), "train": train, **word_budgets(data)})
     return evaluate_checkpoint(out / FINAL, data, out, cfg.calibration_bins)
 
 

@@ -1,0 +1,133 @@
+"""GIRL end to end on the synthetic job market, whose hidden true fit no model reads:
+
+- the reward model (Ray Train) tells matched from mismatched JDs on held-out CVs, its scores follow
+  the true fit, and a rerun resumes instead of training again;
+- the CV->JD generator is plain `train-sft` on prepare-jobs' SFT rows: its validation loss falls and
+  its JDs fit held-out CVs better than real JDs drawn at random;
+- PPO from that generator against that reward model raises the learned reward on held-out CVs PPO
+  never trains on, without gaming it: JD length and the hidden true fit hold.
+
+One market, one reward model and one generator for the module (about two minutes of training).
+"""
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from genrec.config import PPOConfig, PrepareJobsConfig, RewardConfig, SFTConfig
+from genrec.data.jobs_synth import fit_of_text, parse_jd_text, true_fit
+from genrec.jobs import reward as R
+
+
+@pytest.fixture(scope="module")
+def market(ray_session, tmp_path_factory):
+    from genrec.jobs.prepare import prepare_jobs
+
+    root = tmp_path_factory.mktemp("girl_market")
+    # truncated_negatives: JD+ cut short is a negative, or PPO learns to write JDs short (tested below)
+    prepare_jobs(PrepareJobsConfig(out_dir=str(root / "jobs"), synth_num_cvs=500, synth_num_jds=300, seed=1,
+                                   truncated_negatives=1))
+    return root
+
+
+def reward_config(root) -> RewardConfig:
+    return RewardConfig(data_dir=str(root / "jobs"), out_dir=str(root / "rm"), backbone="tiny", vocab_size=1000,
+                        tiny_hidden=64, tiny_layers=2, max_len=192, batch_size=32, lr=1e-3, warmup_steps=10,
+                        max_steps=300, log_every=50, eval_every=150, save_every=150, seed=0)
+
+
+@pytest.fixture(scope="module")
+def reward_model(market):
+    from genrec.train.reward import train_reward
+
+    return train_reward(reward_config(market))
+
+
+@pytest.fixture(scope="module")
+def generator(market):
+    from genrec.train.launch import train_sft
+
+    return train_sft(SFTConfig(data_dir=str(market / "jobs" / "sft"), out_dir=str(market / "gen"), model="tiny",
+                               vocab_size=1000, tiny_hidden=96, tiny_layers=2, tiny_heads=4, max_len=384,
+                               micro_batch_tokens=2048, lr=2e-3, warmup_steps=10, max_steps=600, eval_every=300,
+                               save_every=1000, log_every=100, num_workers=1))
+
+
+def spearman(a, b) -> float:
+    rank = lambda x: pd.Series(x).rank().to_numpy()  # noqa: E731
+    return float(np.corrcoef(rank(a), rank(b))[0, 1])
+
+
+def held_out_cvs(root, n: int) -> list[dict]:
+    """The synthetic market's CV rows (with their hidden true_ fields) of the test split."""
+    held_out = set(pd.read_parquet(root / "jobs" / "cvs.parquet").query("split == 'test'")["cv_id"])
+    return [c for c in pq.read_table(root / "jobs" / "synth" / "cvs.parquet").to_pylist() if c["cv_id"] in held_out][:n]
+
+
+def test_reward_model_learns_the_fit_and_resumes(market, reward_model):
+    from genrec.train.reward import train_reward
+
+    metrics = reward_model
+    assert metrics["pairwise_acc"] > 0.65  # chance is 0.5
+    assert metrics["auc"] > 0.6
+    scorer = R.load_reward(market / "rm")
+    assert scorer.info["metrics"]["pairwise_acc"] == metrics["pairwise_acc"]
+    inter = pd.read_parquet(market / "jobs" / "interactions" / "test.parquet")
+    truth = pd.read_parquet(market / "jobs" / "synth" / "truth.parquet")
+    inter = inter.merge(truth, on=["cv_id", "jd_id"])
+    assert spearman(scorer.score(inter["cv_text"].tolist(), inter["jd_text"].tolist()), inter["true_fit"]) > 0.25
+
+    # A rerun with the same out_dir resumes from the last checkpoint (the finished step): no step trains again.
+    lines = (market / "rm" / "metrics.jsonl").read_text().splitlines()
+    train_reward(reward_config(market))
+    assert (market / "rm" / "metrics.jsonl").read_text().splitlines() == lines
+    assert json.loads((market / "rm" / "final" / "genrec.json").read_text())["train"]["step"] == 300
+
+
+def test_generator_sft_lowers_validation_loss_and_its_jds_fit_better_than_random_jds(market, generator):
+    from genrec.jobs.recommend import JDGenerator
+
+    lines = [json.loads(line) for line in (market / "gen" / "metrics.jsonl").read_text().splitlines()]
+    valid = [(m["step"], m["valid_loss"]) for m in lines if "valid_loss" in m]
+    assert valid[0][0] == 0 and valid[-1][0] == 600, valid
+    assert valid[-1][1] < 0.15 * valid[0][1], valid  # ln(1000) ≈ 6.9 at step 0
+
+    cvs = held_out_cvs(market, 40)
+    assert len(cvs) == 40
+    texts = JDGenerator(market / "gen" / "final", device="cpu", max_new_tokens=96).generate([c["text"] for c in cvs])
+    generated = np.array([fit_of_text(c, t) for c, t in zip(cvs, texts)])
+    jds = pq.read_table(market / "jobs" / "synth" / "jds.parquet").to_pylist()
+    rng = np.random.default_rng(0)
+    random_jds = np.array([np.mean([true_fit(c, jds[j]) for j in rng.integers(len(jds), size=10)]) for c in cvs])
+    assert generated.mean() > random_jds.mean() + 0.2, (generated.mean(), random_jds.mean(), texts[:3])
+    # ... first of all because it writes the CV's own role, which random JDs rarely have
+    roles = np.mean([parse_jd_text(t)["role"] == c["true_role"] for c, t in zip(cvs, texts)])
+    assert roles > 0.6, texts[:5]
+
+
+def test_ppo_raises_the_learned_reward_on_held_out_cvs_without_gaming_it(market, reward_model, generator):
+    """What holds here: the learned reward rises on CVs PPO never saw, the JDs keep their length and
+    the hidden true fit does not fall. (Without truncated negatives the same run wrote JDs 43% shorter
+    and lost 0.054 of true fit.) That the true fit also rises is the issue's goal, not met at this
+    budget: the tiny reward model follows the role and location, hardly the seniority and skills."""
+    from genrec.rl.loop import EVAL_FILE, read_metrics, run_ppo
+
+    out = market / "ppo"
+    cfg = PPOConfig(policy_dir=str(market / "gen" / "final"), prompts_path=str(market / "jobs" / "cvs.parquet"),
+                    truth_path=str(market / "jobs" / "synth" / "cvs.parquet"), prompt_split="train",
+                    reward="learned", reward_path=str(market / "rm" / "final"), out_dir=str(out), iterations=20,
+                    rollout_batch_size=48, max_new_tokens=96, num_rollout_workers=1, lr=1e-4, init_kl_coef=0.05,
+                    score_norm=True, score_clip=5.0, eval_size=60, eval_split="test", eval_samples=2,
+                    worker_cpus=0.25, learner_cpus=0.5, torch_threads=1, save_every=100, seed=0)
+    result = run_ppo(cfg)
+    evals = read_metrics(out, EVAL_FILE)
+    assert [e["iteration"] for e in evals] == [0, 20] and result["eval"] == evals
+    before, after = evals
+    assert before["responses"] == after["responses"] >= 80  # every held-out CV (~50), twice
+    assert after["reward_mean"] > before["reward_mean"] + 0.2, evals
+    assert after["response_length"] > 0.8 * before["response_length"], evals
+    assert after["true_fit"] > before["true_fit"] - 0.03, evals
+    rows = read_metrics(out)
+    assert len(rows) == 20 and "eval/true_fit" in rows[0] and "eval/true_fit" not in rows[1]
