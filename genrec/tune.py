@@ -211,6 +211,9 @@ def tune(cfg: TuneConfig) -> dict:
     if unknown:
         raise ConfigError(f"search_space: {unknown[0]!r} is not a key of {stage.config_cls.__name__}")
     base_cfg = from_dict(stage.config_cls, base)  # a bad base fails here, not in every trial
+    if cfg.stage == "reward" and base_cfg.backbone == "tfidf":
+        raise ConfigError("backbone: tfidf is fitted in seconds without Ray Train or validation reports; tune a "
+                          "neural backbone (tiny, minilm, an HF model)")
     data_dirs = prepare_variants(cfg, out)
     token_cache = build_token_cache(cfg, base_cfg, data_dirs, out) if cfg.stage == "sft" else {}
 

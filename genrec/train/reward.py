@@ -96,8 +96,7 @@ def fit_tfidf_reward(cfg: RewardConfig, data: Path, out: Path) -> dict:
     if len(valid):
         r_pos, r_neg = model.score(valid["cv_text"], valid["pos_text"]), model.score(valid["neg_cv_text"], valid["neg_text"])
         train["valid_pairwise_acc"] = R.pairwise_accuracy(r_pos, r_neg)
-    with open(out / METRICS_FILE, "a") as f:
-        f.write(json.dumps({"step": 0, **train}) + "\n")
+    (out / METRICS_FILE).write_text(json.dumps({"step": 0, **train}) + "\n")  # a rerun fits again
     save_tfidf_reward(out / FINAL, model, {"config": dataclasses.asdict(cfg), "train": train, **word_budgets(data)})
     return evaluate_checkpoint(out / FINAL, data, out, cfg.calibration_bins)
 
