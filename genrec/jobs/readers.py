@@ -94,13 +94,19 @@ def _short(record: dict) -> str:
     return str({k: (str(v)[:40] if v is not None else None) for k, v in record.items() if k != "__line__"})[:200]
 
 
-def _text_table(path, id_col: str, text_col: str, kind: str, strict: bool, rejects: Rejects,
-                extra: dict[str, str] | None = None) -> pd.DataFrame:
-    rows, seen = [], set()
+def _readable_records(path, kind: str, strict: bool, rejects: Rejects):
+    """iter_records without the lines that are not a JSON object: those are counted (or raised)."""
     for where, record in iter_records(path):
         if "__error__" in record:
             _bad(rejects, strict, f"{kind} row is {record['__error__']}", where, record)
             continue
+        yield where, record
+
+
+def _text_table(path, id_col: str, text_col: str, kind: str, strict: bool, rejects: Rejects,
+                extra: dict[str, str] | None = None) -> pd.DataFrame:
+    rows, seen = [], set()
+    for where, record in _readable_records(path, kind, strict, rejects):
         key, text = record.get(id_col), record.get(text_col)
         if key is None or str(key).strip() == "":
             _bad(rejects, strict, f"{kind} field {id_col!r} is missing or empty", where, record)
@@ -170,10 +176,7 @@ def read_interactions(path, cv_ids=None, jd_ids=None, cv_col: str = "cv_id", jd_
     cv_ids = set(cv_ids) if cv_ids is not None else None
     jd_ids = set(jd_ids) if jd_ids is not None else None
     rows = []
-    for where, record in iter_records(path):
-        if "__error__" in record:
-            _bad(rejects, strict, f"interaction row is {record['__error__']}", where, record)
-            continue
+    for where, record in _readable_records(path, "interaction", strict, rejects):
         cv, jd = record.get(cv_col), record.get(jd_col)
         if cv is None or str(cv).strip() == "":
             _bad(rejects, strict, f"interaction field {cv_col!r} is missing or empty", where, record)
