@@ -89,3 +89,18 @@ def test_beams_covering_the_catalog_equal_brute_force(seed):
             best = np.argsort(-brute, kind="stable")[:10]
             assert got_items.tolist() == best.tolist()
             np.testing.assert_allclose(got_scores, brute[best], atol=1e-4)
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_a_batch_equals_each_user_searched_alone(length_penalty):
+    """Users leave the batch as they finish (their cache rows dropped mid-search): the users who
+    stay must get exactly what they get alone."""
+    model, catalog = random_model(5), random_catalog(5, 80)
+    trie = CatalogTrie.build(catalog, EOS)
+    prompts = random_prompts(31, 9)
+    kwargs = dict(num_beams=6, top_k=4, pad_id=PAD, length_penalty=length_penalty)
+    items, scores = constrained_beam_search(model, prompts, trie, **kwargs)
+    for prompt, got_items, got_scores in zip(prompts, items, scores):
+        alone_items, alone_scores = constrained_beam_search(model, [prompt], trie, **kwargs)
+        assert got_items.tolist() == alone_items[0].tolist()
+        np.testing.assert_allclose(got_scores, alone_scores[0], atol=1e-4)

@@ -62,19 +62,23 @@ def constrained_beam_search(
     nodes = np.zeros(n * beams, dtype=np.int64)  # trie node of each beam
     done_scores = torch.full((n, top_k), float("-inf"), device=device)
     done_items = torch.full((n, top_k), -1, dtype=torch.long, device=device)
-    rank = torch.arange(2 * beams, device=device).expand(n, -1)
+    result_scores, result_items = done_scores.clone(), done_items.clone()
+    active = torch.arange(n, device=device)  # the users still searching, in cache order
 
     for depth in range(trie.max_depth):
+        a = len(active)
+        rank = torch.arange(2 * beams, device=device).expand(a, -1)
         allowed = _allowed_mask(trie, nodes, vocab, device)
-        scores = (log_probs.masked_fill(~allowed, float("-inf")) + beam_scores.view(-1, 1)).view(n, beams * vocab)
+        scores = (log_probs.masked_fill(~allowed, float("-inf")) + beam_scores.view(-1, 1)).view(a, beams * vocab)
         cand_scores, cand_index = scores.topk(min(2 * beams, beams * vocab), dim=1)
-        source = cand_index // vocab + torch.arange(n, device=device).view(-1, 1) * beams  # global beam
+        rank = rank[:, : cand_scores.shape[1]]
+        source = cand_index // vocab + torch.arange(a, device=device).view(-1, 1) * beams  # beam row in the cache
         token = cand_index % vocab
         alive = torch.isfinite(cand_scores)
         ends = alive & (token == trie.eos_id)
 
         # Finished items: EOS candidates among the step's best `beams`.
-        finished = ends & (rank[:, : cand_scores.shape[1]] < beams)
+        finished = ends & (rank < beams)
         if finished.any():
             leaf = trie.step(nodes[source.cpu().numpy()], token.cpu().numpy())
             items = torch.from_numpy(trie.item_of(leaf)).to(device)
@@ -85,19 +89,29 @@ def constrained_beam_search(
 
         # Open beams: the best `beams` candidates that do not end; missing ones stay dead (-inf).
         opens = alive & ~ends
-        order = torch.where(opens, rank[:, : cand_scores.shape[1]], rank[:, : cand_scores.shape[1]] + 2 * beams)
-        pick = order.argsort(dim=1)[:, :beams]
+        pick = torch.where(opens, rank, rank + 2 * beams).argsort(dim=1)[:, :beams]
         picked_open = opens.gather(1, pick)
         beam_scores = cand_scores.gather(1, pick).masked_fill(~picked_open, float("-inf"))
-        source = source.gather(1, pick).view(-1)
-        token = token.gather(1, pick).masked_fill(~picked_open, pad_id).view(-1)
-        source_np, token_np = source.cpu().numpy(), token.cpu().numpy()
-        nodes = np.where(picked_open.view(-1).cpu().numpy(), trie.step(nodes[source_np], token_np), -1)
+        source, token = source.gather(1, pick), token.gather(1, pick).masked_fill(~picked_open, pad_id)
 
-        if not picked_open.any() or (not length_penalty and bool((done_scores[:, -1] >= beam_scores.max(1).values).all())):
-            break  # nothing open, or no open beam can still beat any user's K-th item
-        cache.reorder_cache(source)
-        attention = torch.cat([attention[source], torch.ones_like(attention[:, :1])], dim=1)
+        # A user is done when no beam is open, or (scores only fall) none can beat its K-th item.
+        # Done users leave the batch, so a batch costs its users' own depths, not its deepest title.
+        searching = picked_open.any(1)
+        if not length_penalty:
+            searching &= done_scores[:, -1] < beam_scores.max(1).values
+        if not bool(searching.all()):
+            gone = ~searching
+            result_scores[active[gone]], result_items[active[gone]] = done_scores[gone], done_items[gone]
+            active, beam_scores, source, token, picked_open = (
+                t[searching] for t in (active, beam_scores, source, token, picked_open))
+            done_scores, done_items = done_scores[searching], done_items[searching]
+            if not len(active):
+                break
+        source, token = source.view(-1), token.view(-1)
+        nodes = np.where(picked_open.view(-1).cpu().numpy(), trie.step(nodes[source.cpu().numpy()], token.cpu().numpy()), -1)
+        cache.reorder_cache(source)  # also drops the done users' rows
+        attention = attention[source]
+        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
         next_position = next_position[source]
         out = model(input_ids=token.view(-1, 1), attention_mask=attention, position_ids=next_position,
                     past_key_values=cache, use_cache=True)
@@ -105,7 +119,8 @@ def constrained_beam_search(
         log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         next_position = next_position + 1
 
-    return done_items.cpu().numpy(), done_scores.cpu().numpy()
+    result_scores[active], result_items[active] = done_scores, done_items
+    return result_items.cpu().numpy(), result_scores.cpu().numpy()
 
 
 def _allowed_mask(trie: CatalogTrie, nodes: np.ndarray, vocab: int, device: torch.device) -> torch.Tensor:
