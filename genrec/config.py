@@ -578,6 +578,12 @@ class PPOConfig:
     temperature: float = field(1.0, "sampling temperature; the learner's log-probs use the same temperature")
     top_p: float = field(1.0, "nucleus sampling: keep the smallest token set with this much probability (1 = off)")
     num_rollout_workers: int = field(2, "RolloutWorker actors, each with a copy of the policy")
+    num_learners: int = field(1, "Learner actors in one torch.distributed group (gloo on CPUs, nccl with use_gpu): "
+                               "each takes a share of every minibatch, gradients are summed")
+    off_policy: bool = field(False, "one-step-off-policy: the rollouts of iteration k+1 are sampled (with the weights "
+                             "before update k) while the learner runs update k; the update reweights each token by "
+                             "pi_learner / pi_sampler (decoupled PPO), capped at is_cap")
+    is_cap: float = field(2.0, "off_policy: largest per-token importance weight (truncated importance sampling)")
     ppo_epochs: int = field(2, "passes over one iteration's rollouts")
     minibatch_size: int = field(8, "responses per optimizer step")
     lr: float = field(1e-5, "policy learning rate (AdamW)")
@@ -618,7 +624,8 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         for name in ("iterations", "rollout_batch_size", "max_new_tokens", "num_rollout_workers", "ppo_epochs",
-                     "minibatch_size", "save_every", "keep_checkpoints", "max_prompt_tokens", "eval_samples"):
+                     "minibatch_size", "save_every", "keep_checkpoints", "max_prompt_tokens", "eval_samples",
+                     "num_learners"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if not 0.0 < self.top_p <= 1.0:
@@ -629,6 +636,8 @@ class PPOConfig:
             raise ConfigError("eval_size and eval_every: must be at least 0")
         if self.rollout_batch_size < self.num_rollout_workers:
             raise ConfigError(f"rollout_batch_size: must be at least num_rollout_workers={self.num_rollout_workers}")
+        if self.is_cap < 1.0:
+            raise ConfigError(f"is_cap: must be at least 1, got {self.is_cap}")
 
 
 # ----------------------------------------------------------------------------------------- Serve

@@ -86,10 +86,10 @@ def fit_ppo(cfg: PPOConfig, callbacks: list) -> dict:
 
 
 def ppo_bundles(cfg: PPOConfig) -> list[dict]:
-    """One placement-group bundle per PPO actor (learner, reference, reward scorer, rollout workers):
+    """One placement-group bundle per PPO actor (learners, reference, reward scorer, rollout workers):
     the actors a trial starts land in its placement group, so the trial reserves them up front."""
     gpu = {"GPU": 1} if cfg.use_gpu else {}
-    return ([{"CPU": cfg.learner_cpus, **gpu}, {"CPU": cfg.worker_cpus}, {"CPU": cfg.worker_cpus}]
+    return ([{"CPU": cfg.learner_cpus, **gpu}] * cfg.num_learners + [{"CPU": cfg.worker_cpus}, {"CPU": cfg.worker_cpus}]
             + [{"CPU": cfg.worker_cpus, **gpu}] * cfg.num_rollout_workers)
 
 

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 
 from genrec.config import PPOConfig
@@ -83,6 +84,45 @@ def test_killed_rollout_worker_and_resumed_run_equal_the_uninterrupted_run_on_cp
     for name, tensor in straight["policy"].items():
         assert torch.allclose(resumed["policy"][name], tensor, atol=1e-5), name
     assert resumed["kl_ctl"]["beta"] == pytest.approx(straight["kl_ctl"]["beta"], rel=1e-6)
+
+
+def test_one_step_off_policy_samples_with_the_weights_before_the_last_update_and_still_learns(toy):
+    from genrec.rl.loop import run_ppo
+
+    out = toy["root"] / "off_policy"
+    run_ppo(_config(toy["task"], out, off_policy=True))
+    rows = _metrics(out)
+    assert [r["iteration"] for r in rows] == list(range(1, ITERATIONS + 1))
+    # The first batch is sampled by the weights the learner holds; every later one by the weights one
+    # update older, so the sampler's log-probs differ from the learner's (they agree to 1e-4 on-policy).
+    assert rows[0]["rollout_logp_gap"] < 1e-4
+    assert all(r["rollout_logp_gap"] > 1e-3 for r in rows[1:]), [r["rollout_logp_gap"] for r in rows]
+    assert all(0.5 < r["is_weight_mean"] < 1.5 for r in rows), [r["is_weight_mean"] for r in rows]
+    first, last = rows[0]["reward_mean"], sum(r["reward_mean"] for r in rows[-3:]) / 3
+    assert last > first + 2.0, [r["reward_mean"] for r in rows]
+    assert max(r["kl"] for r in rows) < 8.0, [r["kl"] for r in rows]
+
+
+def test_two_learners_in_a_process_group_take_the_steps_of_one(toy):
+    """Each learner updates on its half of every minibatch and the gradients are summed (gloo): the
+    run must equal the one-learner run, and both learners must end with the same weights."""
+    from genrec.rl.loop import PPORun
+
+    run = PPORun(_config(toy["task"], toy["root"] / "two_learners", num_learners=2, iterations=6))
+    try:
+        run.setup()
+        run.train()
+        first, second = ray.get([learner.trainable_state.remote() for learner in run.learners])
+    finally:
+        run.cleanup()
+    for name, tensor in first.items():
+        assert torch.equal(tensor, second[name]), name
+    rows, reference = _metrics(toy["root"] / "two_learners"), _metrics(toy["out"])[:6]
+    for mine, theirs in zip(rows, reference, strict=True):
+        assert mine["reward_mean"] == pytest.approx(theirs["reward_mean"], abs=1e-6)
+        for key in ("kl", "loss/policy", "loss/value", "grad_norm"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-3, abs=1e-5), key
+    assert torch.load(toy["root"] / "two_learners" / "final" / STATE_FILE, weights_only=False)["iteration"] == 6
 
 
 def test_prompt_set_joins_the_hidden_truth_by_cv_id_and_names_bad_rows(tmp_path):

@@ -65,6 +65,25 @@ def test_clipped_policy_loss_equals_formula_and_has_no_gradient_outside_the_clip
     assert math.isclose(float(stats["clip_fraction"]), 2 / 6, rel_tol=1e-6)
 
 
+def test_importance_weights_scale_each_token_and_are_capped():
+    """Off-policy: tokens sampled by an older policy; weight = pi_old / pi_sampler, truncated at the cap."""
+    old = torch.log(torch.tensor([[0.5, 0.4, 0.9, 0.3]]))
+    sampler = torch.log(torch.tensor([[0.5, 0.8, 0.3, 0.3]]))
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    w = ppo.importance_weights(old, sampler, mask, cap=2.0)
+    assert torch.allclose(w, torch.tensor([[1.0, 0.5, 2.0, 0.0]]))  # 0.9 / 0.3 = 3 is capped at 2
+
+    logp = torch.log(torch.tensor([[0.55, 0.3, 0.95, 0.3]])).requires_grad_(True)
+    adv = torch.tensor([[1.0, -1.0, 1.0, 1.0]])
+    weighted, _ = ppo.policy_loss(logp, old, adv, mask, 0.2, w)
+    (grad_w,) = torch.autograd.grad(weighted, logp)
+    plain, _ = ppo.policy_loss(logp, old, adv, mask, 0.2)
+    (grad,) = torch.autograd.grad(plain, logp)
+    assert torch.allclose(grad_w, grad * w)  # each token's gradient scaled by its weight, no gradient through w
+    ones, _ = ppo.policy_loss(logp, old, adv, mask, 0.2, torch.ones_like(mask))
+    assert torch.allclose(ones, plain)
+
+
 def test_masked_tokens_do_not_count_in_losses():
     g = torch.Generator().manual_seed(0)
     logp, old, adv = (torch.randn(3, 4, generator=g) for _ in range(3))

@@ -5,6 +5,7 @@ or genrec/rl/rewards.py, which hold the logic and run without Ray.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import ray
@@ -41,7 +42,10 @@ class RolloutWorker:
             if not marker.exists():  # once per run directory: the restarted actor must not die again
                 marker.write_text(f"iteration {iteration}\n")
                 os._exit(1)
-        return self.policy.generate(prompts, seed)
+        started = time.perf_counter()
+        rollout = self.policy.generate(prompts, seed)
+        rollout.seconds = time.perf_counter() - started
+        return rollout
 
 
 @ray.remote
@@ -74,10 +78,23 @@ class RewardScorer:
 
 @ray.remote
 class Learner:
-    def __init__(self, cfg: PPOConfig):
+    def __init__(self, cfg: PPOConfig, rank: int = 0, world: int = 1):
         from genrec.rl.policy import Learner as PolicyLearner
 
-        self.learner = PolicyLearner(cfg, _setup(cfg))
+        self.learner = PolicyLearner(cfg, _setup(cfg), rank, world)
+
+    def address(self) -> str:
+        """rank 0: a tcp:// address (this node, a free port) for the learners' process group."""
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return f"tcp://{ray.util.get_node_ip_address()}:{port}"
+
+    def join(self, init_method: str) -> int:
+        self.learner.join(init_method)
+        return self.learner.rank
 
     def weights(self) -> dict:
         return self.learner.weights()

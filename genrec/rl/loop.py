@@ -8,6 +8,13 @@ same out_dir resumes from the newest. Sampling seeds are a function of (seed, it
 so a retried or resumed iteration draws the same responses: a rollout worker that dies is restarted
 by Ray (max_restarts), gets the weights again, and its share of the iteration is redone.
 
+`off_policy`: the rollouts of iteration k+1 are launched right after the weights of iteration k
+are synced, so they are sampled while iteration k scores, runs the reference and updates; the
+update then sees tokens sampled by the weights one update older and reweights them (decoupled PPO,
+genrec/rl/ppo.py importance_weights). A resumed off-policy run samples its first iteration on-policy,
+so it does not repeat an uninterrupted one exactly. `num_learners` > 1 runs the learners as one
+torch.distributed group that splits every minibatch (genrec/rl/policy.py Learner).
+
 Written by hand because TRL no longer has a PPO trainer and OpenRLHF/verl target GPU fleets; this
 one is small enough to read top to bottom.
 """
@@ -116,6 +123,7 @@ class PPORun:
         self.cfg, self.report = cfg, report
         self.out = Path(cfg.out_dir)
         self.restarts = 0
+        self.pending: dict | None = None  # off_policy: the next iteration's rollouts, launched early
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -127,7 +135,12 @@ class PPORun:
         self.eval_prompts = (PromptSet(cfg, self.tokenizer, split=cfg.eval_split or cfg.prompt_split, limit=cfg.eval_size)
                              if cfg.eval_size else None)
         gpu = 1 if cfg.use_gpu else 0
-        self.learner = actors.Learner.options(num_cpus=cfg.learner_cpus, num_gpus=gpu).remote(cfg)
+        self.learners = [actors.Learner.options(num_cpus=cfg.learner_cpus, num_gpus=gpu).remote(cfg, rank, cfg.num_learners)
+                         for rank in range(cfg.num_learners)]
+        self.learner = self.learners[0]  # rank 0: the weights workers sync from, and the checkpoints
+        if cfg.num_learners > 1:
+            address = ray.get(self.learner.address.remote())
+            ray.get([learner.join.remote(address) for learner in self.learners])
         self.reference = actors.ReferencePolicy.options(num_cpus=cfg.worker_cpus).remote(cfg)
         self.scorer = actors.RewardScorer.options(num_cpus=cfg.worker_cpus).remote(cfg, self.prompts.truth)
         self.workers = [
@@ -142,7 +155,7 @@ class PPORun:
         if latest is None:
             ray.get(self.learner.weights.remote())  # wait for the learner to load
             return 0
-        state = ray.get(self.learner.load.remote(str(latest)))
+        state = ray.get([learner.load.remote(str(latest)) for learner in self.learners])[0]
         self.restarts = int(state["extra"].get("restarts", 0))
         start = int(state["iteration"])
         _truncate_log(self.out / METRICS_FILE, start)
@@ -173,6 +186,12 @@ class PPORun:
         cfg, timing = self.cfg, {}
         started = time.perf_counter()
 
+        rows, rollout = self.prompts.batch(iteration, cfg.rollout_batch_size), None
+        if self.pending is not None:  # off-policy: sampled during the last update, with the weights before it
+            t = time.perf_counter()
+            rollout, self.pending = self._collect(self.pending), None
+            timing["generate"] = time.perf_counter() - t  # only the part the last update did not hide
+
         t = time.perf_counter()
         weights = self.learner.weights.remote()  # stays in the object store; every worker reads it
         ray.get([w.set_weights.remote(weights) for w in self.workers])
@@ -183,10 +202,13 @@ class PPORun:
             evaluation = self.evaluate(iteration, weights)  # the policy before this iteration's update
             timing["eval"] = time.perf_counter() - t
 
-        rows = self.prompts.batch(iteration, cfg.rollout_batch_size)
-        t = time.perf_counter()
-        rollout = self._rollouts(rows, iteration, weights)
-        timing["generate"] = time.perf_counter() - t
+        if rollout is None:  # on-policy, or the first iteration of an off-policy run
+            t = time.perf_counter()
+            rollout = self._collect(self._launch(rows, iteration, weights))
+            timing["generate"] = time.perf_counter() - t
+        if cfg.off_policy and iteration + 1 < cfg.iterations:
+            # The next iteration's rollouts, sampled with these weights while score, ref and update run.
+            self.pending = self._launch(self.prompts.batch(iteration + 1, cfg.rollout_batch_size), iteration + 1, weights)
 
         sources = [self.prompts.texts[i] for i in rows]
         responses = self._decode(rollout)
@@ -202,14 +224,17 @@ class PPORun:
         timing["ref"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        metrics = ray.get(self.learner.step.remote(rollout, scores, ref_logp, iteration))
+        # every learner gets the same batch (through the object store) and returns the same metrics
+        batch = [ray.put(x) for x in (rollout, scores, ref_logp)]  # stored once, read by every learner
+        metrics = ray.get([learner.step.remote(*batch, iteration) for learner in self.learners])[0]
         timing["update"] = time.perf_counter() - t
         timing["iteration"] = time.perf_counter() - started
 
         tokens = float(rollout.mask.sum())
         record = {"iteration": iteration + 1, "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
                   **metrics, "eos_rate": float(rollout.eos.float().mean()), "response_tokens": tokens,
-                  "tokens_per_s": tokens / max(timing["generate"], 1e-9), "restarts": self.restarts,
+                  # per second of the slowest worker's own sampling time (whether or not it overlapped)
+                  "tokens_per_s": tokens / max(rollout.seconds, 1e-9), "restarts": self.restarts,
                   **{f"eval/{k}": v for k, v in evaluation.items() if k != "iteration"},
                   **{f"timing/{k}": v for k, v in timing.items()}}
         if self.prompts.truth is not None:  # the hidden ground truth: the check against reward hacking
@@ -232,7 +257,7 @@ class PPORun:
         eval.jsonl with `iteration` = the updates the policy has had (0 = the SFT policy)."""
         cfg, prompts = self.cfg, self.eval_prompts
         rows = list(range(len(prompts.texts))) * cfg.eval_samples
-        rollout = self._rollouts(rows, -1, weights, prompts)  # iteration -1: the evaluation's own seeds
+        rollout = self._collect(self._launch(rows, -1, weights, prompts))  # iteration -1: the evaluation's own seeds
         sources = [prompts.texts[i] for i in rows]
         responses = self._decode(rollout)
         scores = np.asarray(ray.get(self.scorer.score.remote(sources, responses)), dtype=np.float32)
@@ -253,18 +278,25 @@ class PPORun:
         return self.tokenizer.batch_decode(
             [tok[: int(n)].tolist() for tok, n in zip(rollout.tokens, rollout.lengths)], skip_special_tokens=True)
 
-    def _rollouts(self, rows: list[int], iteration: int, weights, prompt_set: PromptSet | None = None) -> Rollout:
-        """Every worker samples its share; a share whose worker died is redone once Ray restarted it."""
+    def _launch(self, rows: list[int], iteration: int, weights, prompt_set: PromptSet | None = None) -> dict:
+        """Start every worker on its share of `rows`; _collect waits for them."""
         cfg = self.cfg
         prompt_set = prompt_set or self.prompts
         shares = np.array_split(np.arange(len(rows)), len(self.workers))
         prompts = [[prompt_set.ids[rows[i]] for i in share] for share in shares]
         seeds = [cfg.seed * 1_000_003 + iteration * 1009 + w for w in range(len(self.workers))]
+        refs = {w: self.workers[w].generate.remote(prompts[w], seeds[w], iteration) for w in range(len(self.workers))}
+        return dict(refs=refs, prompts=prompts, seeds=seeds, iteration=iteration, weights=weights)
+
+    def _collect(self, pending: dict) -> Rollout:
+        """Every worker's share; a share whose worker died is redone once Ray restarted it, with the
+        weights the share was launched with."""
+        cfg, iteration = self.cfg, pending["iteration"]
         results: list[Rollout | None] = [None] * len(self.workers)
-        pending = {w: self.workers[w].generate.remote(prompts[w], seeds[w], iteration) for w in range(len(self.workers))}
+        refs = pending["refs"]
         for attempt in range(cfg.rollout_retries + 1):
             failed = []
-            for w, ref in pending.items():
+            for w, ref in refs.items():
                 try:
                     results[w] = ray.get(ref)
                 except WORKER_ERRORS as e:
@@ -276,10 +308,11 @@ class PPORun:
             if attempt == cfg.rollout_retries:
                 raise RuntimeError(f"rollout workers {failed} failed {attempt + 1} times in iteration {iteration + 1}")
             self.restarts += len(failed)
-            # A restarted actor starts from the SFT weights: send the current ones first.
+            # A restarted actor starts from the SFT weights: send the share's weights first.
             for w in failed:
-                _wait_alive(self.workers[w], weights)
-            pending = {w: self.workers[w].generate.remote(prompts[w], seeds[w], iteration) for w in failed}
+                _wait_alive(self.workers[w], pending["weights"])
+            refs = {w: self.workers[w].generate.remote(pending["prompts"][w], pending["seeds"][w], iteration)
+                    for w in failed}
         return merge_rollouts(results, self.tokenizer.pad_token_id)
 
     def save_checkpoint(self, iteration: int, metrics: dict) -> Path:
@@ -291,7 +324,7 @@ class PPORun:
         return directory
 
     def cleanup(self) -> None:
-        for actor in [*getattr(self, "workers", []), getattr(self, "learner", None), getattr(self, "reference", None),
+        for actor in [*getattr(self, "workers", []), *getattr(self, "learners", []), getattr(self, "reference", None),
                       getattr(self, "scorer", None)]:
             if actor is not None:
                 ray.kill(actor)
@@ -320,7 +353,7 @@ def merge_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
                    tokens=torch.cat([pad(p.tokens, pad_id) for p in parts]),
                    logp=torch.cat([pad(p.logp, 0.0) for p in parts]),
                    mask=torch.cat([pad(p.mask, 0.0) for p in parts]),
-                   eos=torch.cat([p.eos for p in parts]))
+                   eos=torch.cat([p.eos for p in parts]), seconds=max(p.seconds for p in parts))
 
 
 def latest_checkpoint(out: Path) -> Path | None:

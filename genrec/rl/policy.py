@@ -153,10 +153,16 @@ class ReferenceModel:
 
 class Learner:
     """Policy + value head (a linear layer on the policy's last hidden state), AdamW, KL controller,
-    score statistics; `step` runs PPO epochs over minibatches of one iteration's rollouts."""
+    score statistics; `step` runs PPO epochs over minibatches of one iteration's rollouts.
 
-    def __init__(self, cfg: PPOConfig, device: torch.device):
-        self.cfg, self.device = cfg, device
+    With `world` > 1 learners (a torch.distributed group, `join`), every learner receives the whole
+    rollout, computes the pre-update pass for its share of the rows (gathered by an all-reduce), and
+    in each minibatch takes its share of the rows; gradients are summed across learners, each
+    learner's loss divided by the whole minibatch's token count, so that every learner takes the
+    step one learner would take on the whole minibatch, and their weights stay equal."""
+
+    def __init__(self, cfg: PPOConfig, device: torch.device, rank: int = 0, world: int = 1):
+        self.cfg, self.device, self.rank, self.world = cfg, device, rank, world
         # fp32 master weights; bf16 autocast on CUDA
         self.model, self.tokenizer = load_policy(cfg, trainable=True, device=device, dtype=torch.float32)
         if not is_adapter(self.model):
@@ -181,25 +187,50 @@ class Learner:
     def weights(self) -> dict:
         return sync_weights(self.model)
 
+    def join(self, init_method: str) -> None:
+        """Join the learners' process group (gloo on CPUs, nccl on GPUs)."""
+        import torch.distributed as dist
+
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method=init_method, rank=self.rank, world_size=self.world)
+
+    def _all_reduce(self, tensors: list[torch.Tensor]) -> None:
+        """Sum tensors across learners in place, as one flat buffer (one collective, not one per tensor)."""
+        if self.world == 1 or not tensors:
+            return
+        import torch.distributed as dist
+
+        flat = torch.cat([t.reshape(-1).to(self.device, torch.float32) for t in tensors])
+        dist.all_reduce(flat)
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t).to(t.device, t.dtype))
+            offset += t.numel()
+
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     @torch.no_grad()
     def _evaluate(self, rollout: Rollout):
-        """Log-probs, values and entropy of the rollouts under the current (pre-update) weights."""
+        """Log-probs, values and entropy of the rollouts under the current (pre-update) weights; each
+        learner computes its share of the rows, and an all-reduce gives every learner all of them."""
         logp, values, entropy = (torch.zeros_like(rollout.logp) for _ in range(3))
+        mine = torch.arange(len(rollout.prompts))[self.rank::self.world]
         self.model.eval()
-        for part in _chunks(len(rollout.prompts), self.cfg.minibatch_size):
+        for part in _chunks(len(mine), self.cfg.minibatch_size):
+            rows = mine[part]
+            prompts, (tokens, m) = _subset(rollout.prompts, (rollout.tokens, rollout.mask), rows)
             with self._autocast():
-                logits, v = response_forward(self.model, rollout.prompts[part], rollout.tokens[part],
-                                             rollout.mask[part], self.pad_id, self.cfg.temperature, self.value_head)
-            tokens = rollout.tokens[part].to(logits.device)
-            logp[part] = ppo.token_log_probs(logits, tokens).cpu()
-            values[part] = v.cpu()
-            entropy[part] = ppo.entropy_from_logits(logits).cpu()
+                logits, v = response_forward(self.model, prompts, tokens, m, self.pad_id, self.cfg.temperature,
+                                             self.value_head)
+            logp[rows] = ppo.token_log_probs(logits, tokens.to(logits.device)).cpu()
+            values[rows] = v.cpu()
+            entropy[rows] = ppo.entropy_from_logits(logits).cpu()
         self.model.train()
         m = rollout.mask
-        return logp * m, values * m, entropy * m
+        logp, values, entropy = logp * m, values * m, entropy * m
+        self._all_reduce([logp, values, entropy])
+        return logp, values, entropy
 
     def step(self, rollout: Rollout, scores: torch.Tensor, ref_logp: torch.Tensor, iteration: int) -> dict:
         """One PPO update from one iteration's rollouts, scores (B,) and reference log-probs (B, R)."""
@@ -212,6 +243,10 @@ class Learner:
         if c.whiten_advantages:
             advantages = ppo.whiten(advantages, mask)
 
+        # Off-policy rollouts were sampled by the weights before the previous update: old_logp (the
+        # learner's weights now) anchors the clip, and each token is reweighted by old / sampler.
+        is_weights = ppo.importance_weights(old_logp, rollout.logp, mask, c.is_cap) if c.off_policy else None
+
         generator = torch.Generator().manual_seed(c.seed * 1_000_003 + iteration)
         stats: dict[str, list[float]] = {k: [] for k in ("loss/policy", "loss/value", "clip_fraction", "approx_kl",
                                                           "value_clip_fraction", "entropy_update", "grad_norm")}
@@ -219,21 +254,36 @@ class Learner:
         for _ in range(c.ppo_epochs):
             order = torch.randperm(n, generator=generator)
             for part in _chunks(n, c.minibatch_size):
-                index = order[part]
-                prompts, (tokens, m, lp_old, v_old, adv, ret) = _subset(
-                    rollout.prompts, (rollout.tokens, mask, old_logp, old_values, advantages, returns), index)
-                m, lp_old, v_old, adv, ret = (t.to(self.device) for t in (m, lp_old, v_old, adv, ret))
+                tokens_in_minibatch = float(mask[order[part]].sum().clamp(min=1))
+                index = order[part][self.rank::self.world]  # this learner's rows of the minibatch
+                self.optimizer.zero_grad(set_to_none=True)
+                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                if len(index) == 0:  # fewer rows than learners: this one adds zero gradients
+                    for param in params:
+                        param.grad = torch.zeros_like(param)
+                    self._all_reduce([param.grad for param in params])
+                    norm = torch.nn.utils.clip_grad_norm_(params, c.clip_grad if c.clip_grad > 0 else float("inf"))
+                    self.optimizer.step()
+                    continue
+                prompts, (tokens, m, lp_old, v_old, adv, ret, w) = _subset(
+                    rollout.prompts, (rollout.tokens, mask, old_logp, old_values, advantages, returns,
+                                      is_weights if is_weights is not None else mask), index)
+                m, lp_old, v_old, adv, ret, w = (t.to(self.device) for t in (m, lp_old, v_old, adv, ret, w))
                 with self._autocast():
                     logits, values = response_forward(self.model, prompts, tokens, m, self.pad_id, c.temperature,
                                                       self.value_head)
                 logp = ppo.token_log_probs(logits, tokens.to(self.device))
-                pg_loss, pg_stats = ppo.policy_loss(logp, lp_old, adv, m, c.clip_range)
-                vf_loss, vf_stats = ppo.value_loss(values, v_old, ret, m, c.value_clip)
-                ent = ppo.masked_mean(ppo.entropy_from_logits(logits), m)
+                pg_loss, pg_stats = ppo.policy_loss(logp, lp_old, adv, m, c.clip_range,
+                                                    w if is_weights is not None else None, tokens_in_minibatch)
+                vf_loss, vf_stats = ppo.value_loss(values, v_old, ret, m, c.value_clip, tokens_in_minibatch)
+                ent = ppo.masked_mean(ppo.entropy_from_logits(logits), m, tokens_in_minibatch)
                 loss = pg_loss + c.vf_coef * vf_loss - c.ent_coef * ent
-                self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                if self.world > 1:
+                    for param in params:  # a parameter this learner's rows did not reach still takes part
+                        if param.grad is None:
+                            param.grad = torch.zeros_like(param)
+                    self._all_reduce([param.grad for param in params])
                 norm = torch.nn.utils.clip_grad_norm_(params, c.clip_grad if c.clip_grad > 0 else float("inf"))
                 self.optimizer.step()
                 for key, value in (("loss/policy", pg_loss), ("loss/value", vf_loss), ("entropy_update", ent),
@@ -244,7 +294,13 @@ class Learner:
         self.kl_ctl.update(float(seq_kl.mean()), n)
         self.iteration = iteration + 1
         lengths = mask.sum(1)
-        metrics = {k: float(np.mean(v)) for k, v in stats.items()}
+        metrics = {k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()}
+        if self.world > 1:  # losses add up across learners; the per-token fractions are averaged
+            keys = sorted(metrics)
+            combined = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+            self._all_reduce([combined])
+            summed = ("loss/policy", "loss/value", "entropy_update")
+            metrics = {k: float(v) if k in summed else float(v) / self.world for k, v in zip(keys, combined.tolist())}
         metrics.update({
             "kl": float(seq_kl.mean()),  # to the reference, summed over a response's tokens
             "kl_per_token": float(ppo.masked_mean(kl, mask)),
@@ -254,10 +310,14 @@ class Learner:
             "value_mean": float(ppo.masked_mean(old_values, mask)),
             "return_mean": float(ppo.masked_mean(returns, mask)),
             "score_used_mean": float(scores_used.mean()),
-            # rollout log-probs against the learner's for the same weights: ~0 unless generation is off
+            # rollout log-probs against the learner's: ~0 on-policy unless generation is off; off-policy
+            # also the policy's move in one update
             "rollout_logp_gap": float(ppo.masked_mean((rollout.logp - old_logp).abs(), mask)),
             "response_length": float(lengths.mean()),
         })
+        if is_weights is not None:
+            metrics["is_weight_mean"] = float(ppo.masked_mean(is_weights, mask))
+            metrics["is_weight_capped"] = float(ppo.masked_mean((is_weights >= c.is_cap).float(), mask))
         return metrics
 
     # ------------------------------------------------------------------------------ state

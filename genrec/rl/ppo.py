@@ -28,8 +28,12 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(-1)
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, denominator: float | None = None) -> torch.Tensor:
+    """Mean over the masked entries; with `denominator`, their sum divided by it instead (a learner
+    holding part of a minibatch divides by the whole minibatch's token count, so the learners'
+    summed gradients equal one learner's over the whole minibatch)."""
+    total = mask.sum().clamp(min=1) if denominator is None else denominator
+    return (x * mask).sum() / total
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -76,36 +80,49 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 # ------------------------------------------------------------------------------------- losses
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                clip: float, weights: torch.Tensor | None = None,
+                denominator: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate: mean over tokens of max(-A·ratio, -A·clip(ratio, 1-ε, 1+ε)).
 
     Where the clipped term is the larger one the loss is flat in logp, so those tokens get no
     gradient: the update cannot move the ratio further out of [1-ε, 1+ε] in the advantage's direction.
+    `weights` (no gradient) scale each token's term: the importance weight π_old / π_sampler of
+    decoupled PPO when the tokens were sampled by an older policy than old_logp's (off-policy).
     Also returns the clip fraction and the update's approximate KL (k3 of old vs new).
     """
     log_ratio = (logp - old_logp) * mask  # padding may hold anything; exp of it must not overflow to inf·0
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    per_token = torch.maximum(unclipped, clipped)
+    if weights is not None:
+        per_token = per_token * weights.detach()
+    loss = masked_mean(per_token, mask, denominator)
     with torch.no_grad():
         clip_fraction = masked_mean((clipped > unclipped).float(), mask)
         approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
     return loss, {"clip_fraction": clip_fraction, "approx_kl": approx_kl}
 
 
+def importance_weights(old_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,
+                       cap: float) -> torch.Tensor:
+    """Per-token π_old / π_sampler, truncated at `cap` (a token the sampler drew at much lower
+    probability than the learner now gives it cannot dominate the update); 0 on padding."""
+    return torch.exp((old_logp - sampler_logp) * mask).clamp(max=cap) * mask
+
+
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               clip: float, denominator: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """0.5 · mean over tokens of max((V - R)², (V_clipped - R)²), V_clipped = V_old + clip(V - V_old, ±ε).
     clip <= 0 turns the clipping off (plain squared error)."""
     unclipped = (values - returns) ** 2
     if clip > 0:
         clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
         clipped = (clipped_values - returns) ** 2
-        loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+        loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask, denominator)
         frac = masked_mean((clipped > unclipped).float(), mask).detach()
     else:
-        loss = 0.5 * masked_mean(unclipped, mask)
+        loss = 0.5 * masked_mean(unclipped, mask, denominator)
         frac = torch.zeros(())
     return loss, {"value_clip_fraction": frac}
 

@@ -34,6 +34,7 @@ class Rollout:
     logp: torch.Tensor  # (B, R) float32, 0 on padding
     mask: torch.Tensor  # (B, R) float32, 1 on response tokens (EOS included)
     eos: torch.Tensor  # (B,) bool: the response ended with EOS (else it hit max_new_tokens)
+    seconds: float = 0.0  # wall time the sampling took where it ran (a merged rollout: its slowest part)
 
     @property
     def lengths(self) -> torch.Tensor:
