@@ -476,9 +476,13 @@ class EvaluateConfig:
     ks: list[int] = field([1, 5, 10, 20], "cut-offs for HR@K and NDCG@K")
     top_k: int = field(20, "items returned per user (at least the largest k)")
     num_beams: int = field(20, "beams per user in constrained beam search (at least top_k)")
-    decoding: Literal["constrained", "unconstrained"] = field(
+    decoding: Literal["constrained", "unconstrained", "grounded"] = field(
         "constrained", "constrained: beams follow the catalog trie; unconstrained: plain beam search, titles "
-        "matched exactly (GenRec's scoring), with the hallucination rate")
+        "matched exactly (GenRec's scoring), with the hallucination rate; grounded: plain beam search, each "
+        "title mapped to its nearest catalog item by embedding (BIGRec, genrec/rec/grounding.py)")
+    grounding_embedder: str = field(
+        "minilm", "decoding=grounded: minilm (offline all-MiniLM-L6-v2), tfidf (fitted on the catalog titles), "
+        "model (the checkpoint's own last hidden layer, mean pooled) or an HF encoder path")
     length_penalty: float = field(0.0, "0: rank by summed log-probability; a > 0 divides by length ** a")
     max_len: int = field(512, "prompt + longest title in tokens; oldest history titles are dropped to fit")
     max_users: int = field(0, "rank only the first N users by id (0 = all): a fast check")
@@ -495,6 +499,9 @@ class EvaluateConfig:
             raise ConfigError(f"num_beams: must be at least top_k={self.top_k}, got {self.num_beams}")
         if not self.ks or min(self.ks) < 1 or max(self.ks) > self.top_k:
             raise ConfigError(f"ks: each must be in 1..top_k={self.top_k}, got {self.ks}")
+        if self.grounding_embedder not in ("minilm", "tfidf", "model") and not Path(self.grounding_embedder).is_dir():
+            raise ConfigError(f"grounding_embedder: {self.grounding_embedder!r} is none of minilm, tfidf, model "
+                              "nor an existing encoder folder")
 
 
 # ------------------------------------------------------------------------------------------ Tune

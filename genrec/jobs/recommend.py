@@ -58,12 +58,15 @@ class TextEmbedder:
         return self
 
     @torch.no_grad()
-    def embed(self, texts) -> np.ndarray:
+    def embed(self, texts, sparse: bool = False) -> np.ndarray:
+        """[len(texts), dim] float32; `sparse`: tfidf returns its scipy sparse matrix (a large corpus's
+        dense TF-IDF takes gigabytes), the other embedders ignore it."""
         texts = [t if t else " " for t in texts]
         if self.name == "tfidf":
             if self.vectorizer is None:
                 raise ValueError("TextEmbedder('tfidf'): call fit(texts) first")
-            return self.vectorizer.transform(texts).toarray().astype(np.float32)  # rows are L2-normalised
+            vectors = self.vectorizer.transform(texts).astype(np.float32)  # rows are L2-normalised
+            return vectors if sparse else vectors.toarray()
         out = []
         for start in range(0, len(texts), self.batch_size):
             batch = self.tokenizer(texts[start:start + self.batch_size], truncation=True, max_length=self.max_len,
