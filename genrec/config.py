@@ -309,8 +309,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 pass
         raise ConfigError(f"{key}: {value!r} fits none of {_type_name(tp)}")
     if origin in (list, tuple):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, str):  # "1,5,10": each element typed as a command-line value of its own
+            value = [Override(v.strip()) for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (inner,) = typing.get_args(tp)[:1] or (Any,)

@@ -18,6 +18,12 @@ def test_yaml_then_overrides(tmp_path):
     # str fields keep what was typed; YAML would read these as a number and a date
     cfg = load_config(SFTConfig, None, ["run_name=007", "data_dir=2024-01-01", "lr=1e-3"])
     assert (cfg.run_name, cfg.data_dir, cfg.lr) == ("007", "2024-01-01", 1e-3)
+    # a comma list: each element read as its field's type
+    from genrec.config import EvaluateConfig, PPOConfig
+
+    assert load_config(EvaluateConfig, None, ["ks=1,5", "top_k=5", "num_beams=5"]).ks == [1, 5]
+    assert load_config(EvaluateConfig, None, ["ks=[1, 5]", "top_k=5", "num_beams=5"]).ks == [1, 5]
+    assert load_config(PPOConfig, None, ["lora_target_modules=q_proj,v_proj"]).lora_target_modules == ["q_proj", "v_proj"]
 
 
 @pytest.mark.parametrize("override,key", [

@@ -107,11 +107,11 @@ def test_generator_sft_lowers_validation_loss_and_its_jds_fit_better_than_random
     assert roles > 0.6, texts[:5]
 
 
-def test_ppo_raises_the_learned_reward_on_held_out_cvs_without_gaming_it(market, reward_model, generator):
-    """What holds here: the learned reward rises on CVs PPO never saw, the JDs keep their length and
-    the hidden true fit does not fall. (Without truncated negatives the same run wrote JDs 43% shorter
-    and lost 0.054 of true fit.) That the true fit also rises is the issue's goal, not met at this
-    budget: the tiny reward model follows the role and location, hardly the seniority and skills."""
+def test_ppo_raises_the_learned_reward_and_the_true_fit_on_held_out_cvs(market, reward_model, generator):
+    """On CVs PPO never saw, the learned reward rises, the JDs keep their length and the hidden true
+    fit rises too (measured 0.601 -> 0.626; with the true fit itself as the reward the same budget
+    gives 0.649). Without truncated negatives the same run wrote JDs 43% shorter and lost 0.054 of
+    true fit; with the TF-IDF reward model the true fit fell to 0.578 (bench/results/ppo_market.md)."""
     from genrec.rl.loop import EVAL_FILE, read_metrics, run_ppo
 
     out = market / "ppo"
@@ -128,6 +128,24 @@ def test_ppo_raises_the_learned_reward_on_held_out_cvs_without_gaming_it(market,
     assert before["responses"] == after["responses"] >= 80  # every held-out CV (~50), twice
     assert after["reward_mean"] > before["reward_mean"] + 0.2, evals
     assert after["response_length"] > 0.8 * before["response_length"], evals
-    assert after["true_fit"] > before["true_fit"] - 0.03, evals
+    assert after["true_fit"] > before["true_fit"] + 0.01, evals
     rows = read_metrics(out)
     assert len(rows) == 20 and "eval/true_fit" in rows[0] and "eval/true_fit" not in rows[1]
+
+
+def test_ppo_on_the_true_fit_scores_held_out_cvs_of_another_split(market, generator):
+    """reward=true_fit with the evaluation on the test split: the scorer must know those CVs' hidden
+    fields too (it once knew only the training split's and failed), and the evaluation's reward is
+    then exactly its true fit."""
+    from genrec.rl.loop import EVAL_FILE, read_metrics, run_ppo
+
+    out = market / "ppo_true_fit"
+    run_ppo(PPOConfig(policy_dir=str(market / "gen" / "final"), prompts_path=str(market / "jobs" / "cvs.parquet"),
+                      truth_path=str(market / "jobs" / "synth" / "cvs.parquet"), prompt_split="train",
+                      reward="true_fit", out_dir=str(out), iterations=1, rollout_batch_size=8, max_new_tokens=96,
+                      num_rollout_workers=1, eval_size=10, eval_split="test", eval_samples=1, worker_cpus=0.25,
+                      learner_cpus=0.5, torch_threads=1, seed=0))
+    for e in read_metrics(out, EVAL_FILE):
+        assert e["reward_mean"] == pytest.approx(e["true_fit"], abs=1e-6)
+    rows = read_metrics(out)
+    assert rows[0]["reward_mean"] == pytest.approx(rows[0]["true_fit"], abs=1e-6)

@@ -142,7 +142,9 @@ class PPORun:
             address = ray.get(self.learner.address.remote())
             ray.get([learner.join.remote(address) for learner in self.learners])
         self.reference = actors.ReferencePolicy.options(num_cpus=cfg.worker_cpus).remote(cfg)
-        self.scorer = actors.RewardScorer.options(num_cpus=cfg.worker_cpus).remote(cfg, self.prompts.truth)
+        # reward=true_fit scores the evaluation's CVs too, which another split may hold
+        truth = {**(self.prompts.truth or {}), **((self.eval_prompts.truth or {}) if self.eval_prompts else {})}
+        self.scorer = actors.RewardScorer.options(num_cpus=cfg.worker_cpus).remote(cfg, truth or None)
         self.workers = [
             actors.RolloutWorker.options(num_cpus=cfg.worker_cpus, num_gpus=gpu, max_restarts=cfg.max_restarts,
                                          max_task_retries=0).remote(cfg, i)
