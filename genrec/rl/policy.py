@@ -232,6 +232,28 @@ class Learner:
         self._all_reduce([logp, values, entropy])
         return logp, values, entropy
 
+    def _minibatch_backward(self, rollout, index, denominator, old_logp, old_values, advantages, returns,
+                            is_weights, stats) -> None:
+        """Forward and backward over the rows `index` of the rollout; each loss term is summed over
+        their tokens and divided by `denominator` (the whole minibatch's token count)."""
+        c, mask = self.cfg, rollout.mask
+        prompts, (tokens, m, lp_old, v_old, adv, ret, w) = _subset(
+            rollout.prompts, (rollout.tokens, mask, old_logp, old_values, advantages, returns,
+                              is_weights if is_weights is not None else mask), index)
+        m, lp_old, v_old, adv, ret, w = (t.to(self.device) for t in (m, lp_old, v_old, adv, ret, w))
+        with self._autocast():
+            logits, values = response_forward(self.model, prompts, tokens, m, self.pad_id, c.temperature,
+                                              self.value_head)
+        logp = ppo.token_log_probs(logits, tokens.to(self.device))
+        pg_loss, pg_stats = ppo.policy_loss(logp, lp_old, adv, m, c.clip_range,
+                                            w if is_weights is not None else None, denominator)
+        vf_loss, vf_stats = ppo.value_loss(values, v_old, ret, m, c.value_clip, denominator)
+        ent = ppo.masked_mean(ppo.entropy_from_logits(logits), m, denominator)
+        (pg_loss + c.vf_coef * vf_loss - c.ent_coef * ent).backward()
+        for key, value in (("loss/policy", pg_loss), ("loss/value", vf_loss), ("entropy_update", ent),
+                           *pg_stats.items(), *vf_stats.items()):
+            stats[key].append(float(value.detach()) if torch.is_tensor(value) else float(value))
+
     def step(self, rollout: Rollout, scores: torch.Tensor, ref_logp: torch.Tensor, iteration: int) -> dict:
         """One PPO update from one iteration's rollouts, scores (B,) and reference log-probs (B, R)."""
         c, mask = self.cfg, rollout.mask
@@ -257,28 +279,10 @@ class Learner:
                 tokens_in_minibatch = float(mask[order[part]].sum().clamp(min=1))
                 index = order[part][self.rank::self.world]  # this learner's rows of the minibatch
                 self.optimizer.zero_grad(set_to_none=True)
+                if len(index):  # (a minibatch smaller than the learner group leaves some learners none)
+                    self._minibatch_backward(rollout, index, tokens_in_minibatch, old_logp, old_values, advantages,
+                                             returns, is_weights, stats)
                 params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                if len(index) == 0:  # fewer rows than learners: this one adds zero gradients
-                    for param in params:
-                        param.grad = torch.zeros_like(param)
-                    self._all_reduce([param.grad for param in params])
-                    norm = torch.nn.utils.clip_grad_norm_(params, c.clip_grad if c.clip_grad > 0 else float("inf"))
-                    self.optimizer.step()
-                    continue
-                prompts, (tokens, m, lp_old, v_old, adv, ret, w) = _subset(
-                    rollout.prompts, (rollout.tokens, mask, old_logp, old_values, advantages, returns,
-                                      is_weights if is_weights is not None else mask), index)
-                m, lp_old, v_old, adv, ret, w = (t.to(self.device) for t in (m, lp_old, v_old, adv, ret, w))
-                with self._autocast():
-                    logits, values = response_forward(self.model, prompts, tokens, m, self.pad_id, c.temperature,
-                                                      self.value_head)
-                logp = ppo.token_log_probs(logits, tokens.to(self.device))
-                pg_loss, pg_stats = ppo.policy_loss(logp, lp_old, adv, m, c.clip_range,
-                                                    w if is_weights is not None else None, tokens_in_minibatch)
-                vf_loss, vf_stats = ppo.value_loss(values, v_old, ret, m, c.value_clip, tokens_in_minibatch)
-                ent = ppo.masked_mean(ppo.entropy_from_logits(logits), m, tokens_in_minibatch)
-                loss = pg_loss + c.vf_coef * vf_loss - c.ent_coef * ent
-                loss.backward()
                 if self.world > 1:
                     for param in params:  # a parameter this learner's rows did not reach still takes part
                         if param.grad is None:
@@ -286,9 +290,7 @@ class Learner:
                     self._all_reduce([param.grad for param in params])
                 norm = torch.nn.utils.clip_grad_norm_(params, c.clip_grad if c.clip_grad > 0 else float("inf"))
                 self.optimizer.step()
-                for key, value in (("loss/policy", pg_loss), ("loss/value", vf_loss), ("entropy_update", ent),
-                                   ("grad_norm", norm), *pg_stats.items(), *vf_stats.items()):
-                    stats[key].append(float(value.detach()) if torch.is_tensor(value) else float(value))
+                stats["grad_norm"].append(float(norm))
 
         seq_kl = (kl * mask).sum(1)
         self.kl_ctl.update(float(seq_kl.mean()), n)
