@@ -36,6 +36,7 @@ WORK = ROOT / "bench" / "work" / "seq"
 INPUTS = WORK / "inputs"
 PREPARED = WORK / "toys_prepared"
 KS = (1, 5, 10, 20)
+STARTED = time.time()
 
 # name -> model and optimisation settings; each trains in its own process on the one GPU.
 VARIANTS = {
@@ -110,7 +111,9 @@ def stage_run(args) -> None:
     for name in args.variants.split(","):
         cmd = [sys.executable, __file__, "variant", "--name", name, "--train-s", str(args.train_s), "--epochs", str(args.epochs),
                "--micro-batch-tokens", str(args.micro_batch_tokens), "--valid-users", str(args.valid_users),
-               "--valid-loss-rows", str(args.valid_loss_rows), "--test-users", str(args.test_users), *common]
+               "--valid-loss-rows", str(args.valid_loss_rows), "--test-users", str(args.test_users),
+               "--test-limit", str(args.test_limit), "--weights", args.weights, "--scorings", args.scorings,
+               "--deadline-s", str(args.deadline_s), *common]
         procs[name] = subprocess.Popen(cmd, stdout=open(out / f"{name}.log", "w"), stderr=subprocess.STDOUT)
     for name, proc in procs.items():
         print(f"{name}: exit {proc.wait()}", flush=True)
@@ -182,40 +185,96 @@ def stage_variant(args) -> None:
     print(f"{args.name}: {per_step * 1000:.0f} ms/step in calibration -> {steps} steps "
           f"(~{steps * args.micro_batch_tokens / epoch_tokens:.1f} epochs of {epoch_tokens} tokens)", flush=True)
 
-    # Train; keep the weights of the best validation loss (the target title's loss alone).
+    # Train; keep the weights of the best validation loss (the target title's loss alone), and of
+    # the last three evaluations (for `soup3`, their average).
     model = new_model()
     best = {"valid_loss": float("inf"), "step": 0, "state": None}
-    history = []
+    history, recent = [], []
 
     def report(metrics, state):
         history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        if metrics.get("valid_loss", float("inf")) < best["valid_loss"]:
-            best.update(valid_loss=metrics["valid_loss"], step=metrics["step"],
-                        state={k: v.detach().clone() for k, v in model.state_dict().items()})
+        if "valid_loss" not in metrics:
+            return
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        recent[:] = (recent + [(metrics["step"], weights)])[-3:]
+        if metrics["valid_loss"] < best["valid_loss"]:
+            best.update(valid_loss=metrics["valid_loss"], step=metrics["step"], state=weights)
 
     cfg = sft_config(steps, eval_every=max(1, steps // 10))
     valid_subset = valid_rows if not args.valid_loss_rows else _first_rows(valid_rows, args.valid_loss_rows)
     started = time.perf_counter()
     train_loop(cfg, model, train_rows, valid_subset, report=report)
     train_s = time.perf_counter() - started
-    model.load_state_dict(best["state"])
+    candidates = {"best_loss": best["state"], "last": recent[-1][1], "soup3": average([w for _, w in recent])}
     model.eval()
-    ckpt = Path(args.ckpt_dir or args.out) / f"{args.name}_best"
-    save_checkpoint(ckpt, model, tokenizer, "sft", {**vars(cfg), "variant": args.name}, {k: v for k, v in best.items() if k != "state"})
-
     result = {"variant": args.name, **spec, "params": sum(p.numel() for p in model.parameters()),
               "steps": steps, "ms_per_step": per_step * 1000, "train_s": train_s, "best_step": best["step"],
               "best_valid_loss": best["valid_loss"], "epochs": steps * args.micro_batch_tokens / epoch_tokens,
-              "micro_batch_tokens": args.micro_batch_tokens, "history": history, "device": _device_name(device)}
+              "micro_batch_tokens": args.micro_batch_tokens, "history": history, "device": _device_name(device),
+              "soup3_steps": [step for step, _ in recent]}
     out_json = Path(args.out) / f"{args.name}.json"
     out_json.write_text(json.dumps(result, indent=2))  # what training gave, should the scoring run out of time
+    picked = select(model, tokenizer, args, result, out_json, candidates)
+    model.load_state_dict(candidates[picked["weights"]])
+    ckpt = Path(args.ckpt_dir or args.out) / f"{args.name}_best"
+    save_checkpoint(ckpt, model, tokenizer, "sft", {**vars(cfg), "variant": args.name, **picked},
+                    {k: v for k, v in best.items() if k != "state"})
+    result["picked"] = picked
+    out_json.write_text(json.dumps(result, indent=2))
     # Score one variant at a time: beam search over long prompts takes tens of GB, and four at once
     # ran a variant out of GPU memory (bench/results/quality_toys.md).
-    splits = (("valid", args.valid_users),) + ((("test", args.test_users),) if args.test_users >= 0 else ())
-    score_splits(model, tokenizer, args, result, out_json, splits)
+    splits = ((("valid", args.valid_users),) if "valid" not in result else ()) + (
+        (("test", args.test_users),) if args.test_users >= 0 else ())
+    score_splits(model, tokenizer, args, result, out_json, splits, **scoring_options(picked["scoring"]))
 
 
-def score_splits(model, tokenizer, args, result: dict, out_json: Path, splits) -> None:
+def average(states: list[dict]) -> dict:
+    """The mean of several state dicts (a uniform model soup); integer buffers from the first."""
+    return {k: sum(s[k] for s in states) / len(states) if v.is_floating_point() else v for k, v in states[0].items()}
+
+
+def scoring_options(name: str) -> dict:
+    """`b20` -> 20 beams; `b40r` -> 40 beams, each step renormalised over the allowed tokens."""
+    return {"beams": int(name[1:].rstrip("r")), "renormalize": name.endswith("r")}
+
+
+def select(model, tokenizer, args, result: dict, out_json: Path, candidates: dict) -> dict:
+    """Which weights (--weights: best_loss, last, soup3) and scoring (--scorings: b20, b20r, b40...)
+    rank the first --valid-users validation users best by HR@10: every weights with the first
+    scoring, then the best weights with the other scorings. A single option skips its search.
+    A scoring whose test split would not finish by --deadline-s (at its validation users/s) is
+    not picked."""
+    weights, scorings = args.weights.split(","), args.scorings.split(",")
+    trials = []
+
+    def trial(w, sc):
+        model.load_state_dict(candidates[w])
+        probe = {"variant": result["variant"]}
+        score_splits(model, tokenizer, args, probe, None, (("valid", args.valid_users),), **scoring_options(sc))
+        trials.append({"weights": w, "scoring": sc, "valid": probe["valid"]})
+        result["selection"] = [{"weights": t["weights"], "scoring": t["scoring"],
+                                **{k: t["valid"][k] for k in ("hr@5", "hr@10", "ndcg@10", "eval_s", "users")}}
+                               for t in trials]
+        out_json.write_text(json.dumps(result, indent=2))
+
+    if len(weights) > 1 or len(scorings) > 1:
+        for w in weights:
+            trial(w, scorings[0])
+        top = max(trials, key=lambda t: t["valid"]["hr@10"])["weights"]
+        for sc in scorings[1:]:
+            trial(top, sc)
+    if not trials:
+        return {"weights": weights[0], "scoring": scorings[0]}
+    left = args.deadline_s - (time.time() - STARTED)
+    test_users = args.test_limit or 19412
+    fits = [t for t in trials if t["valid"]["eval_s"] / t["valid"]["users"] * test_users * 1.2 < left] or trials[:1]
+    pick = max(fits, key=lambda t: t["valid"]["hr@10"])  # ties: the earlier, cheaper trial
+    result["valid"] = pick["valid"]
+    return {"weights": pick["weights"], "scoring": pick["scoring"]}
+
+
+def score_splits(model, tokenizer, args, result: dict, out_json: Path | None, splits, beams: int = 20,
+                 renormalize: bool = False) -> None:
     """Rank each (split, user limit), add its metrics to `result` and rewrite out_json after each."""
     import pyarrow.parquet as pq
 
@@ -228,17 +287,21 @@ def score_splits(model, tokenizer, args, result: dict, out_json: Path, splits) -
     fcntl.flock(lock, fcntl.LOCK_EX)
     for split, limit in splits:
         started = time.perf_counter()
+        tag = f"{result['variant']}_{split}" + ("" if out_json else f"_b{beams}{'r' if renormalize else ''}")
         ranked, targets = rank(model, tokenizer, trie, INPUTS / f"{split}_prompts.parquet", limit, args.eval_batch,
-                               args.eval_tokens, partial=Path(args.out) / f"{result['variant']}_{split}_partial.npy")
+                               args.eval_tokens, partial=Path(args.out) / f"{tag}_partial.npy", beams=beams,
+                               renormalize=renormalize)
         metrics = ranking_metrics(ranked, targets, KS)
         metrics.update(users=len(targets), eval_s=time.perf_counter() - started,
                        hallucination_rate=float((ranked[ranked >= 0] >= trie.num_items).mean()),
                        items_returned_per_user=float((ranked >= 0).sum(1).mean()),
                        coverage_at_10=catalog_coverage(ranked, trie.num_items, 10))
+        metrics.update(num_beams=beams, renormalize=renormalize)
         result[split] = metrics
-        print(f"{result['variant']} {split}: {json.dumps({k: round(v, 4) for k, v in metrics.items()})}", flush=True)
-        np.save(Path(args.out) / f"{result['variant']}_{split}_ranked.npy", ranked)
-        out_json.write_text(json.dumps(result, indent=2))
+        print(f"{tag}: {json.dumps({k: round(v, 4) for k, v in metrics.items()})}", flush=True)
+        if out_json is not None:  # a selection trial keeps its metrics only
+            np.save(Path(args.out) / f"{result['variant']}_{split}_ranked.npy", ranked)
+            out_json.write_text(json.dumps(result, indent=2))
     # Hand the cached blocks back before the next process scores: a variant scoring after another
     # ran out of memory while the first still held 57 GB of cache (session 4).
     if next(model.parameters()).is_cuda:
@@ -258,7 +321,9 @@ def stage_score(args) -> None:
     model.eval()
     out_json = Path(args.out) / f"{args.name}.json"
     result = json.loads(out_json.read_text())
-    score_splits(model, tokenizer, args, result, out_json, (("test", args.test_users),))
+    picked = json.loads((Path(args.ckpt_dir or args.out) / f"{args.name}_best" / "genrec.json").read_text())["config"]
+    score_splits(model, tokenizer, args, result, out_json, (("test", args.test_users),),
+                 **scoring_options(picked.get("scoring", "b20")))
 
 
 def _first_rows(rows, n: int):
@@ -268,8 +333,9 @@ def _first_rows(rows, n: int):
     return TokenRows(rows.ids[:end], rows.labels[:end], rows.offsets[: min(n, len(rows)) + 1])
 
 
-def rank(model, tokenizer, trie, path: Path, limit: int, batch: int, batch_tokens: int, partial: Path | None = None):
-    """Top-20 of constrained beam search (20 beams) for the first `limit` users (0 = all) of a split.
+def rank(model, tokenizer, trie, path: Path, limit: int, batch: int, batch_tokens: int, partial: Path | None = None,
+         beams: int = 20, renormalize: bool = False):
+    """Top-20 of constrained beam search (`beams` beams, 20 by default) for the first `limit` users (0 = all) of a split.
 
     Users go in order of prompt length, at most `batch` at a time and at most `batch_tokens` prompt
     tokens a batch: short prompts make large batches (fewer steps), long ones small (the KV cache of
@@ -296,8 +362,8 @@ def rank(model, tokenizer, trie, path: Path, limit: int, batch: int, batch_token
     done = 0
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=next(model.parameters()).is_cuda):
         for users in _length_batches(order, [len(p) for p in prompts], batch, batch_tokens):
-            items, _ = constrained_beam_search(model, [prompts[u] for u in users], trie, num_beams=20, top_k=20,
-                                               pad_id=tokenizer.pad_token_id)
+            items, _ = constrained_beam_search(model, [prompts[u] for u in users], trie, num_beams=beams, top_k=20,
+                                               pad_id=tokenizer.pad_token_id, renormalize=renormalize)
             ranked[users] = items
             done += len(users)
             if partial is not None and time.perf_counter() - saved > 30:
@@ -355,7 +421,9 @@ def stage_merge(args) -> None:
         "model": f"tiny Llama preset from scratch: hidden {best['hidden']}, {best['layers']} layers, {best['heads']} heads, "
                  f"BPE vocab {json.loads((INPUTS / 'meta.json').read_text())['vocab_size']}, {best['params']:,} parameters",
         "steps": best["steps"], "epochs": round(best["epochs"], 1), "best_step": best["best_step"],
-        "micro_batch_tokens": best["micro_batch_tokens"], "lr": best["lr"], "num_beams": 20,
+        "micro_batch_tokens": best["micro_batch_tokens"], "lr": best["lr"], "num_beams": t.get("num_beams", 20),
+        "renormalize": bool(t.get("renormalize", False)), "weights": best.get("picked", {}).get("weights", "best_loss"),
+        "selection": best.get("selection", []),
         "coverage@10": t["coverage_at_10"], "eval_s": round(t["eval_s"], 1), "valid_subsample": best["valid"],
     }
     report["genrec_variants"] = {
@@ -391,6 +459,9 @@ def main(argv=None) -> int:
     p.add_argument("--test-limit", type=int, default=0, help="run with --test-users -1: test users the picked variant is scored on (0 = all)")
     p.add_argument("--eval-batch", type=int, default=128, help="users per beam-search batch, at most")
     p.add_argument("--eval-tokens", type=int, default=10**9, help="prompt tokens per beam-search batch, at most")
+    p.add_argument("--weights", default="best_loss", help="variant: candidate weights (best_loss, last, soup3)")
+    p.add_argument("--scorings", default="b20", help="variant: candidate scorings (b20, b20r = renormalised, b40...)")
+    p.add_argument("--deadline-s", type=float, default=1e9, help="variant: seconds from start the test scoring must end by")
     args = p.parse_args(argv)
     {"inputs": stage_inputs, "run": stage_run, "variant": stage_variant, "score": stage_score,
      "merge": stage_merge}[args.stage](args)

@@ -484,6 +484,8 @@ class EvaluateConfig:
         "minilm", "decoding=grounded: minilm (offline all-MiniLM-L6-v2), tfidf (fitted on the catalog titles), "
         "model (the checkpoint's own last hidden layer, mean pooled) or an HF encoder path")
     length_penalty: float = field(0.0, "0: rank by summed log-probability; a > 0 divides by length ** a")
+    renormalize: bool = field(False, "constrained: each step's log-probabilities are renormalised over the tokens "
+                              "the catalog trie allows, so scores are a distribution over catalog items")
     max_len: int = field(512, "prompt + longest title in tokens; oldest history titles are dropped to fit")
     max_users: int = field(0, "rank only the first N users by id (0 = all): a fast check")
     batch_size: int = field(16, "users per beam-search batch")
@@ -688,6 +690,7 @@ class RecommenderServeConfig(DeploymentSettings):
     max_len: int = field(512, "prompt + longest title in tokens; the oldest history titles are dropped to fit")
     num_beams: int = field(20, "beams of constrained beam search (raised to k + excluded items when those need more)")
     length_penalty: float = field(0.0, "as in evaluate: 0 ranks by summed log-probability")
+    renormalize: bool = field(False, "as in evaluate: scores renormalised over the catalog at every step")
     max_k: int = field(50, "largest k a request may ask for")
     max_history: int = field(50, "most history items a request may send")
     long_history: Literal["truncate", "reject"] = field(

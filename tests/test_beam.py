@@ -104,3 +104,30 @@ def test_a_batch_equals_each_user_searched_alone(length_penalty):
         alone_items, alone_scores = constrained_beam_search(model, [prompt], trie, **kwargs)
         assert got_items.tolist() == alone_items[0].tolist()
         np.testing.assert_allclose(got_scores, alone_scores[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_renormalized_scores_are_a_distribution_over_the_catalog(seed):
+    """With every item found (beams cover the catalog), renormalised scores sum to probability 1
+    over the catalog, and each equals the product of the per-step distributions over the allowed
+    tokens, computed here by walking the trie one prompt at a time."""
+    model, catalog = random_model(seed), random_catalog(seed, 25)
+    trie = CatalogTrie.build(catalog, EOS)
+    prompts = random_prompts(seed + 40, 4)
+    items, scores = constrained_beam_search(model, prompts, trie, num_beams=len(catalog), top_k=len(catalog),
+                                            pad_id=PAD, renormalize=True)
+    plain_items, _ = constrained_beam_search(model, prompts, trie, num_beams=len(catalog), top_k=len(catalog), pad_id=PAD)
+    with torch.no_grad():
+        for prompt, got_items, got_scores in zip(prompts, items, scores):
+            assert sorted(got_items.tolist()) == list(range(len(catalog)))
+            assert np.exp(got_scores).sum() == pytest.approx(1.0, abs=1e-4)
+            for item, score in zip(got_items[:5], got_scores[:5]):
+                node, total = trie.root, 0.0
+                for i, token in enumerate(catalog[item]):
+                    logp = torch.log_softmax(model(torch.tensor([prompt + catalog[item][:i]])).logits[0, -1], -1)
+                    allowed = torch.from_numpy(trie.allowed_mask(np.array([node]), VOCAB)[0])
+                    total += float(logp[token] - torch.logsumexp(logp[allowed], 0))
+                    node = int(trie.step(np.array([node]), np.array([token]))[0])
+                assert score == pytest.approx(total, abs=1e-4)
+    # the random models leak probability to non-catalog strings, so the ranking does change
+    assert (items != plain_items).any()

@@ -7,7 +7,10 @@ its K-th finished item.
 
 Scores are summed log-probabilities of the title tokens and EOS; `length_penalty` a > 0 divides a
 finished item's score by its length ** a (then the early stop is off, since a longer title may
-overtake). As in transformers' beam search, a finished hypothesis (an EOS step) is kept only when it
+overtake). `renormalize` spreads, at every step, the probability the model puts on tokens the trie
+forbids over the tokens it allows (log-softmax over the allowed tokens alone): scores are then the
+log-probabilities of a distribution over the catalog, summing to 1, rather than of the model's
+distribution over all strings, part of which names no item. As in transformers' beam search, a finished hypothesis (an EOS step) is kept only when it
 ranks among the best `num_beams` candidates of its step, which makes num_beams = 1 exactly greedy
 constrained decoding. With num_beams at least the catalog size no prefix is ever dropped, and the
 top K equal scoring every item one by one.
@@ -30,6 +33,7 @@ def constrained_beam_search(
     top_k: int,
     pad_id: int,
     length_penalty: float = 0.0,
+    renormalize: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(items, scores), each (len(prompts), top_k): catalog item indices (-1 where fewer were found)
     and their scores, best first, for one batch of tokenized prompts."""
@@ -68,8 +72,10 @@ def constrained_beam_search(
     for depth in range(trie.max_depth):
         a = len(active)
         rank = torch.arange(2 * beams, device=device).expand(a, -1)
-        allowed = _allowed_mask(trie, nodes, vocab, device)
-        scores = (log_probs.masked_fill(~allowed, float("-inf")) + beam_scores.view(-1, 1)).view(a, beams * vocab)
+        step = log_probs.masked_fill(~_allowed_mask(trie, nodes, vocab, device), float("-inf"))
+        if renormalize:
+            step = step - _finite_or_zero(torch.logsumexp(step, dim=-1, keepdim=True))
+        scores = (step + beam_scores.view(-1, 1)).view(a, beams * vocab)
         cand_scores, cand_index = scores.topk(min(2 * beams, beams * vocab), dim=1)
         rank = rank[:, : cand_scores.shape[1]]
         source = cand_index // vocab + torch.arange(a, device=device).view(-1, 1) * beams  # beam row in the cache
@@ -121,6 +127,11 @@ def constrained_beam_search(
 
     result_scores[active], result_items[active] = done_scores, done_items
     return result_items.cpu().numpy(), result_scores.cpu().numpy()
+
+
+def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
+    """A dead beam allows no token: its log-normaliser is -inf, and -inf - -inf would be NaN."""
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
 def _allowed_mask(trie: CatalogTrie, nodes: np.ndarray, vocab: int, device: torch.device) -> torch.Tensor:

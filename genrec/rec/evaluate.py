@@ -72,6 +72,7 @@ class RankUsers:
             items, scores = constrained_beam_search(
                 self.model, prompts, self.trie, num_beams=self.cfg.num_beams, top_k=self.cfg.top_k,
                 pad_id=self.tokenizer.pad_token_id, length_penalty=self.cfg.length_penalty,
+                renormalize=self.cfg.renormalize,
             )
         else:
             items, scores, texts = self._free_beam_search(prompts)

@@ -151,6 +151,7 @@ class RecommenderModel:
             items, scores = constrained_beam_search(
                 self.model, prompts, self.trie, num_beams=max(self.cfg.num_beams, top_k), top_k=top_k,
                 pad_id=self.tokenizer.pad_token_id, length_penalty=self.cfg.length_penalty,
+                renormalize=self.cfg.renormalize,
             )
             for row, position in enumerate(to_rank):
                 results[position] = self._answer(batch[position], items[row], scores[row])
