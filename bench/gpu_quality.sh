@@ -15,6 +15,7 @@ python3 bench/quality_gpu.py run --out "$OUT" --ckpt-dir "${CKPT_DIR:-/tmp/quali
     --variants "${VARIANTS:-h256l4,h384l6,h512l8,h384l6d}" --micro-batch-tokens "${MICRO_BATCH_TOKENS:-32768}" \
     --valid-users "${VALID_USERS:-3000}" --test-users "${TEST_USERS:--1}" --eval-batch "${EVAL_BATCH:-256}" \
     --eval-tokens "${EVAL_TOKENS:-40000}" --device "${DEVICE:-cuda}" --weights "${WEIGHTS:-best_loss}" \
-    --scorings "${SCORINGS:-b20}" --deadline-s "${DEADLINE_S:-1000000000}" --test-limit "${TEST_LIMIT:-0}"
+    --scorings "${SCORINGS:-b20}" --deadline-s "${DEADLINE_S:-1000000000}" --test-limit "${TEST_LIMIT:-0}" \
+    ${SKIP_TEST:+--skip-test}
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv || true
 echo "=== done"

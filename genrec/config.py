@@ -422,6 +422,8 @@ class SFTConfig:
     grad_accum: int = field(1, "micro-batches per optimizer step on each worker")
     lr: float = field(3e-4, "peak learning rate")
     weight_decay: float = field(0.01, "AdamW weight decay on matrices (not on biases or norms)")
+    label_smoothing: float = field(0.0, "training loss only: mix this share of a uniform target over the vocabulary "
+                                   "into every response token's (validation loss stays the plain cross-entropy)")
     warmup_steps: int = field(20, "optimizer steps of linear warmup from 0 to lr")
     schedule: Literal["cosine", "linear"] = field("cosine", "decay to 0 after warmup")
     max_steps: int = field(0, "optimizer steps to run (0 = `epochs` full epochs)")
@@ -457,6 +459,8 @@ class SFTConfig:
         for name in ("max_steps", "warmup_steps", "eval_every", "save_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be 0 or positive, got {getattr(self, name)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
 
     @property
     def row_len(self) -> int:

@@ -208,6 +208,29 @@ def test_config_rejects_bad_values_on_cpu():
         SFTConfig(max_len=512, micro_batch_tokens=100)
     with pytest.raises(ConfigError, match="grad_accum"):
         dataclasses.replace(SFTConfig(), grad_accum=0)
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        SFTConfig(label_smoothing=1.0)
+
+
+def test_label_smoothing_mixes_in_the_mean_log_prob_over_the_vocabulary_on_cpu():
+    """ε-smoothed token loss = (1 - ε) NLL + ε mean_v(-log p_v), from the same logits; and the
+    training step takes its loss from it."""
+    model = tiny_model().eval()
+    rows = random_rows(6, seed=3)
+    batch = collate(rows, [[i] for i in range(6)])
+    with torch.no_grad():
+        plain, smoothed = token_losses(model, batch), token_losses(model, batch, label_smoothing=0.3)
+        logits = model(input_ids=batch.input_ids).logits
+        logp = torch.log_softmax(logits[batch.targets != IGNORE_INDEX].float(), -1)
+    torch.testing.assert_close(smoothed, 0.7 * plain + 0.3 * -logp.mean(-1), rtol=0, atol=1e-5)
+
+    for eps, expected in ((0.0, plain), (0.3, smoothed)):
+        m = tiny_model()
+        cfg = SFTConfig(max_len=48, micro_batch_tokens=6 * 48, label_smoothing=eps)
+        opt = torch.optim.SGD(m.parameters(), lr=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        loss_sum, _, _ = sft.train_step(m, opt, sched, [batch], cfg, torch.device("cpu"), world_size=1)
+        assert float(loss_sum) == pytest.approx(float(expected.sum()), abs=1e-4)
 
 
 def test_lora_trains_only_adapter_weights_and_reloads_on_cpu(tmp_path):

@@ -68,8 +68,9 @@ def _separates_packed_sequences() -> bool:
 SELECTS_LOGITS = _selects_logits()
 
 
-def token_losses(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Cross-entropy of every target token, in (row, position) order.
+def token_losses(model: torch.nn.Module, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of every target token, in (row, position) order (with `label_smoothing` ε:
+    (1 - ε) times it plus ε times the mean over the vocabulary of -log p).
 
     Logits are computed at target positions only where transformers allows it: responses are a
     small share of the tokens, and a 150k-word LM head over every token would cost a third of the
@@ -81,7 +82,7 @@ def token_losses(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         logits = model(**inputs, logits_to_keep=keep).logits
     else:
         logits = model(**inputs).logits[keep]
-    return F.cross_entropy(logits.float(), batch.targets[keep], reduction="none")
+    return F.cross_entropy(logits.float(), batch.targets[keep], reduction="none", label_smoothing=label_smoothing)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -235,7 +236,7 @@ def train_step(
     for j, batch in enumerate(batches):
         with _grad_sync(model, sync=j == len(batches) - 1):
             with _autocast(device):
-                losses = token_losses(model, batch.to(device))
+                losses = token_losses(model, batch.to(device), cfg.label_smoothing)
             (losses.sum() * scale).backward()
         loss_sum += losses.detach().sum()
     params = [p for p in model.parameters() if p.requires_grad]
