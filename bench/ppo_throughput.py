@@ -5,8 +5,10 @@ workers, and weight sync of the full state against the LoRA adapter alone.
   .venv/bin/python bench/ppo_throughput.py            # writes bench/results/ppo_throughput.json/.md
 
 Generation: the `tiny` SFT preset's shape (Llama-style, hidden 128, 4 layers, 4096 tokens), random
-init, 32 prompts of 48-80 tokens, 64 new tokens, no EOS (both methods run to the full length), best
-of `--repeats` alternating runs. The loop: the toy task of genrec/rl/toy.py (a word-level policy
+init, 32 prompts of 48-80 tokens, 64 new tokens, no EOS (every method runs to the full length), best
+of `--repeats` alternating runs of RolloutGenerator with its compiled CPU decode step (the default),
+with the eager step (`compile_cpu=False`), and transformers' `generate`. The compiled step's first
+call includes compiling it, in a fresh inductor cache unless `--warm-compile-cache`. The loop: the toy task of genrec/rl/toy.py (a word-level policy
 of the same depth and width), its phases from metrics.jsonl (median over iterations after the first).
 The GPU counterpart of the generation part is bench/gpu_ppo_rollout.sh.
 """
@@ -40,23 +42,30 @@ def bench_generation(repeats: int, prompts_n: int, new_tokens: int, prompt_len: 
     model = gen_bench.build_model("sft-tiny", device, torch.float32)
     prompts = gen_bench.make_prompts(prompts_n, gen_bench.SHAPES["sft-tiny"]["vocab_size"], *prompt_len)
     ids, mask = left_pad(prompts, 0, device)
-    gen = RolloutGenerator(model, pad_id=0, eos_id=None)
-
-    def ours():
-        return gen.generate(prompts, max_new_tokens=new_tokens, seed=0)
+    compiled = RolloutGenerator(model, pad_id=0, eos_id=None)  # compile_cpu=True, the default
+    eager = RolloutGenerator(model, pad_id=0, eos_id=None, compile_cpu=False)
 
     def theirs():
         with torch.no_grad():
             return model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
                                   top_p=1.0, max_new_tokens=new_tokens, pad_token_id=0)
 
-    ours(), theirs()  # warm-up
+    methods = {"genrec_compiled": lambda: compiled.generate(prompts, max_new_tokens=new_tokens, seed=0),
+               "genrec_eager": lambda: eager.generate(prompts, max_new_tokens=new_tokens, seed=0),
+               "transformers_generate": theirs}
+    start, start_cpu = time.perf_counter(), time.process_time()
+    rollout = methods["genrec_compiled"]()  # compiles the decode step for this batch size
+    first_call = {"wall_s": round(time.perf_counter() - start, 2), "cpu_s": round(time.process_time() - start_cpu, 2)}
+    if not compiled.compile_cpu:
+        raise RuntimeError("the compiled decode step fell back to the eager one (see the warning above)")
+    eager_rollout = methods["genrec_eager"]()
+    theirs()  # warm-up
     # Wall time and this process's CPU time: on a shared machine wall time includes waiting for a
     # core; with one torch thread the CPU time is the work itself, so its ratio is the steadier one.
-    times = {"genrec": [], "transformers_generate": []}
-    cpu = {"genrec": [], "transformers_generate": []}
-    for _ in range(repeats):  # alternate, so a load spike on this shared machine hits both
-        for name, fn in (("genrec", ours), ("transformers_generate", theirs)):
+    times = {name: [] for name in methods}
+    cpu = {name: [] for name in methods}
+    for _ in range(repeats):  # alternate, so a load spike on this shared machine hits every method
+        for name, fn in methods.items():
             start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -64,15 +73,33 @@ def bench_generation(repeats: int, prompts_n: int, new_tokens: int, prompt_len: 
     tokens = prompts_n * new_tokens
     out = {"shape": "sft-tiny", "config": gen_bench.SHAPES["sft-tiny"], "prompts": prompts_n, "new_tokens": new_tokens,
            "prompt_len": list(prompt_len),
-           "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()}
-    for name in times:
+           "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+           # the first call of the compiled generator, compile included; CPU time is this process's
+           # only (inductor compiles C++ in worker processes)
+           "compiled_first_call": first_call,
+           "logp_max_abs_diff_vs_forward": {"genrec_compiled": _logp_gap(model, prompts, rollout),
+                                            "genrec_eager": _logp_gap(model, prompts, eager_rollout)}}
+    for name in methods:
         out[name] = {"wall_s": [round(t, 4) for t in times[name]], "cpu_s": [round(t, 4) for t in cpu[name]],
                      "best_wall_s": round(min(times[name]), 4), "best_cpu_s": round(min(cpu[name]), 4),
                      "tokens_per_s_wall": round(tokens / min(times[name]), 1),
                      "tokens_per_cpu_s": round(tokens / min(cpu[name]), 1)}
-    out["speedup_wall"] = round(min(times["transformers_generate"]) / min(times["genrec"]), 2)
-    out["speedup_cpu"] = round(min(cpu["transformers_generate"]) / min(cpu["genrec"]), 2)
+    for name in ("genrec_compiled", "genrec_eager"):
+        out[name]["speedup_wall"] = round(min(times["transformers_generate"]) / min(times[name]), 2)
+        out[name]["speedup_cpu"] = round(min(cpu["transformers_generate"]) / min(cpu[name]), 2)
     return out
+
+
+def _logp_gap(model, prompts, rollout) -> float:
+    """Largest |sampled log-prob - the model's own forward pass on prompt + response| (float32)."""
+    from genrec.rl.policy import sequence_batch
+
+    ids, attention, positions = sequence_batch(prompts, rollout.tokens, rollout.mask, pad_id=0)
+    width = max(len(p) for p in prompts)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits[:, width - 1:-1]
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, rollout.tokens.unsqueeze(-1)).squeeze(-1)
+    return float(((logp - rollout.logp) * rollout.mask).abs().max())
 
 
 def bench_loop(root: Path, workers: int, lora: bool, iterations: int, off_policy: bool = False, learners: int = 1) -> dict:
@@ -117,24 +144,36 @@ def markdown(result: dict) -> str:
         f"Shape `sft-tiny` ({g['config']['hidden_size']} hidden, {g['config']['num_hidden_layers']} layers, "
         f"vocab {g['config']['vocab_size']}), random init, sampling at temperature 1, no EOS (every row runs to "
         "the full length), one torch thread, runs alternated, best of the repeats. Wall time includes waiting "
-        "for a core on this shared machine; CPU time of the process is the steadier measure.", "",
-        "| prompts x new tokens (prompt length) | method | best wall s | tokens/s (wall) | best CPU s | tokens per CPU s | speed-up (CPU) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "for a core on this shared machine; CPU time of the process is the steadier measure. `compiled step`: "
+        "RolloutGenerator's default on a CPU (oneDNN-packed linears, packed prefill, each decode step one "
+        "torch.compile'd graph); `eager step`: `compile_cpu=False` (the same prefill, the decode step op by op). "
+        "`logp diff`: the largest gap between a sampled token's log-prob as returned and as the model's own "
+        "forward pass computes it.", "",
+        "| prompts x new tokens (prompt length) | method | best wall s | tokens/s (wall) | best CPU s | tokens per CPU s | speed-up (CPU) | logp diff |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for part in (result.get("generation_small_batch"), g):
-        if not part:
-            continue
+    parts = [part for part in (result.get("generation_small_batch"), g) if part]
+    for part in parts:
         shape = f"{part['prompts']} x {part['new_tokens']} ({part['prompt_len'][0]}-{part['prompt_len'][1]})"
-        for label, k in (("genrec RolloutGenerator", "genrec"), ("transformers generate", "transformers_generate")):
+        for label, k in (("genrec, compiled step", "genrec_compiled"), ("genrec, eager step", "genrec_eager"),
+                         ("transformers generate", "transformers_generate")):
             lines.append(f"| {shape} | {label} | {part[k]['best_wall_s']} | {part[k]['tokens_per_s_wall']} | "
-                         f"{part[k]['best_cpu_s']} | {part[k]['tokens_per_cpu_s']} | "
-                         f"{part['speedup_cpu'] if k == 'genrec' else ''} |")
+                         f"{part[k]['best_cpu_s']} | {part[k]['tokens_per_cpu_s']} | {part[k].get('speedup_cpu', '')} | "
+                         f"{_sci(part['logp_max_abs_diff_vs_forward'].get(k))} |")
+    cache = ("a fresh inductor cache for the 32-prompt run, which the 8-prompt one then shares"
+             if result.get("cold_compile_cache", True) else "the existing inductor cache")
+    lines += ["", "Compiling the decode step (the compiled generator's first call, compile included; CPU time of "
+              f"this process only, inductor compiles its C++ in worker processes; {cache}): " +
+              "; ".join(f"{p['prompts']} prompts: {p['compiled_first_call']['wall_s']} s wall, "
+                        f"{p['compiled_first_call']['cpu_s']} s CPU" for p in parts) + ". It is paid once per process "
+              "and batch size; the cache length is a dynamic dimension of the graph."]
     lines += [
         "", f"Load average during the runs: {g['load_average']}.", "",
         "## PPO iteration by phase (toy task, median over iterations 2..N)", "",
         "`generate s` is the time the driver waited for rollouts: one-step-off-policy samples iteration k+1 "
         "while iteration k scores and updates, so only the part not hidden behind them shows. Rollout tokens/s "
-        "are per second of the workers' own sampling time.", "",
+        "are per second of the workers' own sampling time."
+        + (f" Measured {result['loop_date']}, before the compiled CPU decode step." if result.get("loop_date") else ""), "",
         "| rollout workers | learners | sampling | weights synced | sync MB | generate s | score s | ref s | update s | sync s | iteration s | rollout tokens/s |",
         "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -144,6 +183,10 @@ def markdown(result: dict) -> str:
                      f"{r['timing/generate']} | {r['timing/score']} | {r['timing/ref']} | {r['timing/update']} | "
                      f"{r['timing/sync']} | {r['timing/iteration']} | {r['tokens_per_s']} |")
     return "\n".join(lines + gpu_markdown(RESULTS / "ppo_rollout_gpu.json"))
+
+
+def _sci(x) -> str:
+    return "" if x is None else f"{x:.1e}"
 
 
 def gpu_markdown(path: Path) -> list[str]:
@@ -181,6 +224,9 @@ def main() -> None:
     parser.add_argument("--skip-generation", action="store_true", help="keep the generation part of --out's JSON")
     parser.add_argument("--out", default=str(RESULTS / "ppo_throughput"))
     parser.add_argument("--render", action="store_true", help="only rewrite the markdown from --out's JSON")
+    parser.add_argument("--warm-compile-cache", action="store_true",
+                        help="compile with the existing inductor cache (default: a fresh one, so the reported "
+                             "compile time is a cold compile)")
     args = parser.parse_args()
     if args.render:
         out = Path(args.out)
@@ -190,8 +236,15 @@ def main() -> None:
     result = {"machine": f"{platform.machine()} x{os.cpu_count()} CPUs", "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "loop": []}
     torch.set_num_threads(1)
+    previous_path = Path(args.out).with_suffix(".json")
+    previous = json.loads(previous_path.read_text()) if previous_path.exists() else {}
+    if args.skip_loop and previous.get("loop"):  # keep the last loop table, dated
+        result["loop"] = previous["loop"]
+        result["loop_date"] = previous.get("loop_date") or previous.get("date")
+    result["cold_compile_cache"] = not args.warm_compile_cache
+    if not args.warm_compile_cache and not args.skip_generation:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="genrec-bench-inductor-")
     if args.skip_generation:
-        previous = json.loads(Path(args.out).with_suffix(".json").read_text())
         result["generation"] = previous["generation"]
         result["generation_small_batch"] = previous.get("generation_small_batch")
     else:
@@ -206,6 +259,7 @@ def main() -> None:
     if not args.skip_loop:
         import ray
 
+        result["loop"], result["loop_date"] = [], None
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         with tempfile.TemporaryDirectory() as tmp:
             for workers, lora, off_policy, learners in ((1, False, False, 1), (2, False, False, 1), (2, False, True, 1),
@@ -217,6 +271,8 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     if result["loop"]:
         out.with_suffix(".md").write_text(markdown(result))
+    if not args.warm_compile_cache and not args.skip_generation:
+        shutil.rmtree(os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
     print(f"wrote {out.with_suffix('.json')}")
 
 

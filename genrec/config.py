@@ -633,6 +633,8 @@ class PPOConfig:
     max_restarts: int = field(3, "times Ray restarts a dead actor")
     rollout_retries: int = field(3, "times one iteration's rollouts are retried after a worker died")
     cuda_graph: bool = field(True, "GPU rollouts: replay each decode step as a CUDA graph (static KV cache)")
+    compile_cpu: bool = field(True, "CPU rollouts: each decode step one torch.compile'd graph (3-4x transformers' "
+                              "generate on 2 CPUs; compiling takes 5-20 s once per worker and batch size)")
     fail_at_iteration: int = field(0, "testing: rollout worker 0 exits once during this iteration (0 = off)")
 
     def __post_init__(self) -> None:

@@ -213,6 +213,46 @@ def test_rollout_log_probs_equal_the_models_forward(index, fused):
     assert bool(out.eos.any())
 
 
+@pytest.mark.parametrize("index,top_p,prompts", [(0, 1.0, [[1, 5, 6, 7], [1, 9], [1, 3, 4, 5, 6, 7, 8, 9, 10]]),
+                                                 (1, 0.9, [[1, 5, 6, 7], [1, 9], [1, 3, 4, 5, 6, 7, 8, 9, 10]]),
+                                                 (1, 1.0, [[1], [4]])],
+                         ids=["llama", "qwen2-gqa-top-p", "one-token-prompts"])
+def test_compiled_cpu_step_samples_what_the_eager_step_does(index, top_p, prompts):
+    """The compiled decode step (the CPU default) and the eager one draw the same tokens for a seed
+    and agree on their log-probs; one-token prompts start it on a one-column cache."""
+    from genrec.rl.rollout import RolloutGenerator
+
+    model = _models()[index]
+    with torch.no_grad():  # make EOS likely so some rows stop early
+        model.lm_head.weight[2] += 0.8 * model.lm_head.weight.norm(dim=1).mean() / model.lm_head.weight[2].norm()
+    compiled = RolloutGenerator(model, pad_id=0, eos_id=2, cuda_graph=False)
+    eager = RolloutGenerator(model, pad_id=0, eos_id=2, cuda_graph=False, compile_cpu=False)
+    for seed in (3, 4):
+        a = compiled.generate(prompts, max_new_tokens=10, temperature=0.7, top_p=top_p, seed=seed)
+        b = eager.generate(prompts, max_new_tokens=10, temperature=0.7, top_p=top_p, seed=seed)
+        assert compiled.compile_cpu  # it did not fall back
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask) and torch.equal(a.eos, b.eos)
+        assert torch.allclose(a.logp, b.logp, atol=1e-5)
+
+
+def test_a_failed_compile_falls_back_to_the_eager_step(monkeypatch, caplog):
+    from genrec.rl import rollout
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(rollout, "_compiled_decode", lambda: broken)
+    model = _models()[0]
+    prompts = [[1, 5, 6, 7], [1, 9]]
+    gen = rollout.RolloutGenerator(model, pad_id=0, eos_id=2, cuda_graph=False)
+    with caplog.at_level("WARNING", logger="genrec.rl"):
+        out = gen.generate(prompts, max_new_tokens=6, seed=1)
+    assert not gen.compile_cpu and "no compiler here" in caplog.text
+    expected = rollout.RolloutGenerator(model, pad_id=0, eos_id=2, cuda_graph=False, compile_cpu=False)
+    expected = expected.generate(prompts, max_new_tokens=6, seed=1)
+    assert torch.equal(out.tokens, expected.tokens) and torch.allclose(out.logp, expected.logp)
+
+
 def test_top_p_keeps_the_nucleus_only():
     from genrec.rl.rollout import sample_tokens
 

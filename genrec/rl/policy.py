@@ -114,7 +114,7 @@ class RolloutPolicy:
         self.pad_id, self.eos_id = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         try:
             self.generator = RolloutGenerator(self.model, pad_id=self.pad_id, eos_id=self.eos_id,
-                                              cuda_graph=cfg.cuda_graph)
+                                              cuda_graph=cfg.cuda_graph, compile_cpu=cfg.compile_cpu)
         except UnsupportedModel:
             self.generator = None
 
