@@ -10,8 +10,10 @@ finished item's score by its length ** a (then the early stop is off, since a lo
 overtake). `renormalize` spreads, at every step, the probability the model puts on tokens the trie
 forbids over the tokens it allows (log-softmax over the allowed tokens alone): scores are then the
 log-probabilities of a distribution over the catalog, summing to 1, rather than of the model's
-distribution over all strings, part of which names no item. As in transformers' beam search, a finished hypothesis (an EOS step) is kept only when it
-ranks among the best `num_beams` candidates of its step, which makes num_beams = 1 exactly greedy
+distribution over all strings, part of which names no item.
+
+As in transformers' beam search, a finished hypothesis (an EOS step) is kept only when it ranks
+among the best `num_beams` candidates of its step, which makes num_beams = 1 exactly greedy
 constrained decoding. With num_beams at least the catalog size no prefix is ever dropped, and the
 top K equal scoring every item one by one.
 """
