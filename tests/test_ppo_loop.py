@@ -24,7 +24,11 @@ def _config(task: dict, out_dir: Path, **overrides) -> PPOConfig:
                 iterations=ITERATIONS, rollout_batch_size=32, max_new_tokens=MAX_NEW_TOKENS, num_rollout_workers=2,
                 ppo_epochs=2, minibatch_size=16, lr=3e-3, value_lr=1e-2, kl_controller="fixed",
                 init_kl_coef=BETA, save_every=4, worker_cpus=0.25, learner_cpus=0.25,
-                torch_threads=1, seed=7)
+                torch_threads=1, seed=7,
+                # The loop, not the sampler, is under test here: compiling the CPU decode step costs each
+                # worker more seconds than these 8-token rollouts save (compiled == eager: test_ppo_math;
+                # the compiled step inside the loop: test_girl_market).
+                compile_cpu=False)
     args.update(overrides)
     return PPOConfig(**args)
 

@@ -16,32 +16,28 @@ makes graphs possible) but its tokens become padding, with log-prob 0 and mask 0
 Log-probs are those of the temperature-scaled distribution, log_softmax(logits / T), before top-p
 filtering: the learner computes the same quantity, so rollout and update agree at T != 1.
 
-On a CPU (float32 Llama-style models with plain Linear layers) three things decide the speed; on
-the 2-core AMD EPYC of bench/ppo_throughput.py they take a rollout from 1.4-1.8x the speed of
-`generate` to 3-3.8x:
-- large linears run through oneDNN with weights packed once per weight version (`packed_linear`):
-  MKL's fp32 GEMM runs these shapes at half oneDNN's speed there (32x128 @ 128x4096: 0.35 vs
-  0.15 ms). The packed copies take as much memory as the weights;
-- the prefill runs norms, linears and MLPs on the prompt tokens alone (no left padding), attention
-  on them right-padded under a plain causal mask, and in the last layer only the K/V past each
-  row's last position (`_prefill_packed`);
-- each decode step is one torch.compile'd graph (`_decode_cpu`) instead of ~100 eager ops whose
-  dispatch cost more than their kernels. It only reads the KV cache (a graph that writes an input
-  copies it whole each step); the caller writes the new column. Compiling takes 5-20 s once per
-  process and batch size (`compile_cpu=False` keeps the eager step; a failed compile falls back to
-  it with a warning). What remains of a step at batch 32 is about half reading the KV cache in
-  attention, which no kernel choice changes, and a third the linears.
+On a CPU the fused path's prefill runs on the real prompt tokens only and each decode step is one
+torch.compile'd graph with oneDNN-packed linears (genrec/rl/cpu_step.py): 3-4x `generate` there.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
-import weakref
 
 import torch
 import torch.nn.functional as F
+
+from genrec.rl.cpu_step import (
+    _compiled_decode,
+    _CompileFailed,
+    _known_inputs,
+    _onednn_available,
+    _PackedWeights,
+    _register_packed_linear,
+    packed_linear,
+)
+from genrec.rl.sampling import _rope, sample_tokens
 
 log = logging.getLogger("genrec.rl")
 
@@ -80,227 +76,6 @@ def decoder_parts(model: torch.nn.Module):
     if getattr(lm.config, "use_sliding_window", False) and getattr(lm.config, "sliding_window", None):
         raise UnsupportedModel("sliding-window attention is not implemented here")
     return lm, decoder
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, D) with cos/sin (B, T, D): the same rotation as transformers' apply_rotary_pos_emb."""
-    return x * cos.unsqueeze(1) + _rotate_half(x) * sin.unsqueeze(1)
-
-
-def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
-                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token, log-prob) per row of logits (B, V): temperature, then nucleus filtering, then an
-    inverse-CDF draw: one uniform number per row against the cumulative probabilities. It needs
-    no host sync (it can live in a CUDA graph, unlike torch.multinomial) and draws B random
-    numbers instead of B x V (an exponential race over a 4k vocabulary costs 9 ms a step on a CPU)."""
-    u = torch.rand((logits.shape[0], 1), device=logits.device, generator=generator)
-    return _sample_with_uniform(logits, temperature, top_p, u)
-
-
-def _sample_with_uniform(logits: torch.Tensor, temperature: float, top_p: float,
-                         u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`sample_tokens` given its uniform numbers u (B, 1)."""
-    scaled = logits.float() / temperature
-    logp_all = torch.log_softmax(scaled, dim=-1)
-    probs = logp_all.exp()
-    order = None
-    if top_p < 1.0:
-        probs, order = probs.sort(dim=-1, descending=True)
-        before = probs.cumsum(-1) - probs  # mass strictly above each token
-        probs = probs.masked_fill(before > top_p, 0.0)  # the top token always stays
-    cdf = probs.cumsum(-1)
-    # side=right: the first index whose cdf exceeds u, never a zero-probability token
-    index = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=probs.shape[-1] - 1)
-    token = (order.gather(-1, index) if order is not None else index).squeeze(-1)
-    return token, logp_all.gather(-1, token.unsqueeze(-1)).squeeze(-1)
-
-
-def _sample_blocked(logits: torch.Tensor, temperature: float, u: torch.Tensor,
-                    block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """`_sample_with_uniform` at top_p = 1 without a cumulative sum over the vocabulary: the draw
-    first picks a block of `block` tokens from the blocks' masses, then a token inside it. Same
-    distribution and the same token but where u falls within rounding error of a boundary; in a
-    compiled graph it is two passes over the logits instead of a full-vocabulary scan (on a CPU
-    inductor leaves that scan to aten, ~0.3 ms a step at 32 x 4096)."""
-    scaled = logits.float() / temperature
-    rows, vocab = scaled.shape
-    pad = -vocab % block  # padded tokens get probability 0
-    padded = F.pad(scaled, (0, pad), value=float("-inf")) if pad else scaled
-    top = scaled.amax(-1, keepdim=True)
-    blocks = (padded - top).exp().view(rows, -1, block)
-    mass = blocks.sum(-1)  # (B, blocks)
-    cdf = mass.cumsum(-1)
-    total = cdf[:, -1:]
-    target = u * total
-    b = torch.searchsorted(cdf, target, right=True).clamp(max=mass.shape[-1] - 1)  # (B, 1)
-    inside = blocks.gather(1, b.unsqueeze(-1).expand(rows, 1, block)).squeeze(1).cumsum(-1)
-    inside = inside + (cdf.gather(-1, b) - mass.gather(-1, b))  # mass before the block
-    j = torch.searchsorted(inside, target, right=True).clamp(max=block - 1)
-    token = (b * block + j).clamp(max=vocab - 1)  # rounding at the very end never picks padding
-    logp = scaled.gather(-1, token) - top - total.log()
-    return token.squeeze(-1), logp.squeeze(-1)
-
-
-# ------------------------------------------------------------------------------ CPU: oneDNN linears
-# weight data_ptr -> (weight, its version when packed, oneDNN-packed copy). Entries belong to the
-# generator that packed them and leave with it (`_PackedWeights`).
-_PACKED: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
-_LINEAR_LIB: torch.library.Library | None = None
-# A oneDNN call costs ~10 us whatever its size (MKL's ~1.5 us) plus ~4 us through the op: below about
-# 2^20 multiply-adds (rows x out x in) MKL wins, e.g. for the 128x128 o_proj up to batch 32.
-_ONEDNN_MIN_WORK = 1 << 20
-
-
-def _onednn_available() -> bool:
-    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
-
-
-def _packed_linear_impl(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, silu: bool = False,
-                        mul: torch.Tensor | None = None) -> torch.Tensor:
-    entry = _PACKED.get(w.data_ptr())
-    packed = entry is not None and entry[1] == w._version and entry[0].shape == w.shape and x.dtype == torch.float32
-    if not packed or (silu and mul is not None):  # not packed, or the weight changed since: always correct
-        out = F.silu(F.linear(x, w, b)) if silu else F.linear(x, w, b)
-        return out if mul is None else out * mul
-    rows = x.reshape(-1, x.shape[-1])
-    if mul is None:
-        out = torch.ops.mkldnn._linear_pointwise(rows, entry[2], b, "swish" if silu else "none", [], "")
-    else:
-        out = torch.ops.mkldnn._linear_pointwise.binary(rows, mul.reshape(rows.shape[0], -1), entry[2], b, "mul")
-    return out.view(*x.shape[:-1], w.shape[0])
-
-
-def _register_packed_linear() -> None:
-    """Define torch.ops.genrec.packed_linear (once per process): an op rather than a Python call so
-    that a compiled graph calls it as an opaque kernel. Inductor itself only sends linears to oneDNN
-    when the weights are frozen constants, which they cannot be here (PPO updates them in place)."""
-    global _LINEAR_LIB
-    if _LINEAR_LIB is None:
-        lib = torch.library.Library("genrec", "FRAGMENT")
-        lib.define("packed_linear(Tensor x, Tensor w, Tensor? b, bool silu=False, Tensor? mul=None) -> Tensor")
-        lib.impl("packed_linear", _packed_linear_impl, "CPU")
-        torch.library.register_fake("genrec::packed_linear",
-                                    lambda x, w, b, silu=False, mul=None: x.new_empty((*x.shape[:-1], w.shape[0])),
-                                    lib=lib)
-        _LINEAR_LIB = lib
-
-
-def packed_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, silu: bool = False,
-                  mul: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, then SiLU if `silu`, then times `mul` if given, through w's oneDNN-packed copy when
-    `_PackedWeights.pack` made one for w as it is now; oneDNN then fuses the SiLU or the product
-    into the matmul (in a prefill, a SiLU over a strided half of the gate|up output cost as much as
-    the matmul)."""
-    return torch.ops.genrec.packed_linear(x, w, b, silu, mul)
-
-
-class _PackedWeights:
-    """The weights one generator packed for oneDNN; repacks only those whose version moved."""
-
-    def __init__(self, owner) -> None:
-        self.keys: list[int] = []
-        weakref.finalize(owner, _drop_packed, self.keys)
-
-    def pack(self, weights: list[torch.Tensor], batch: int) -> None:
-        for w in weights:
-            key = w.data_ptr()
-            entry = _PACKED.get(key)
-            if entry is not None and entry[0] is w and entry[1] == w._version:
-                continue
-            _PACKED[key] = (w, w._version, torch.ops.mkldnn._reorder_linear_weight(w.detach(), batch))
-            if key not in self.keys:
-                self.keys.append(key)
-
-    def clear(self) -> None:
-        _drop_packed(self.keys)
-
-
-def _drop_packed(keys: list[int]) -> None:
-    for key in keys:
-        _PACKED.pop(key, None)
-    keys.clear()
-
-
-# ------------------------------------------------------------------------------ CPU: compiled decode step
-def _attend_one(q, keys, values, key_mask, k_new, v_new, scaling: float) -> torch.Tensor:
-    """Attention of one query per row: q (B, H, D) over cache columns keys/values (B, Hkv, T, D)
-    where key_mask (B, T), plus the row's own new key/value (B, Hkv, D), which is not in the cache
-    yet. q is grouped by KV head (B, Hkv, rep, D) so grouped-query models read the cache once."""
-    b, heads, d = q.shape
-    groups = keys.shape[1]
-    q = q.view(b, groups, heads // groups, d)
-    k_new, v_new = k_new.unsqueeze(2), v_new.unsqueeze(2)  # (B, Hkv, 1, D)
-    s_cache = torch.matmul(q, keys.transpose(-1, -2)) * scaling  # (B, Hkv, rep, T)
-    s_cache = s_cache.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-    s_new = (q * k_new).sum(-1, keepdim=True) * scaling  # (B, Hkv, rep, 1)
-    top = torch.maximum(s_cache.amax(-1, keepdim=True), s_new)
-    p_cache, p_new = (s_cache - top).exp(), (s_new - top).exp()
-    out = torch.matmul(p_cache, values) + p_new * v_new
-    return (out / (p_cache.sum(-1, keepdim=True) + p_new)).reshape(b, heads * d)
-
-
-def _decode_cpu(token, position, done, key_mask, cache, u, cos_table, sin_table, embed, layers, norm_w, head_w,
-                head_b, *, eps: float, scaling: float, num_heads: int, num_kv_heads: int, head_dim: int,
-                temperature: float, top_p: float, pad_id: int, eos_id: int):
-    """One decode step as a pure function (what `_compiled_decode` compiles): the arithmetic of
-    `RolloutGenerator._decode_step`'s fused path (at top_p = 1 with `_sample_blocked`). cache
-    (2, L, B, Hkv, T, D) holds columns [0, T) and is only read; key_mask (B, T) marks the ones each
-    row sees. Returns (next token, position + 1, finished after it, token and log-prob to record
-    (padding once finished), whether the row was live, the new K/V (2, L, B, Hkv, 1, D) for the
-    caller to write at column T)."""
-    b = token.shape[0]
-
-    def linear(x, w, bias=None):  # decided while tracing: the shapes are static
-        return (packed_linear if b * w.shape[0] * w.shape[1] >= _ONEDNN_MIN_WORK else F.linear)(x, w, bias)
-
-    h = F.embedding(token, embed)
-    cos, sin = cos_table[position].unsqueeze(1), sin_table[position].unsqueeze(1)  # (B, 1, D)
-    new_kv = []
-    for i, (ln1, w_qkv, b_qkv, w_o, b_o, ln2, w_gate_up, w_down) in enumerate(layers):
-        x = ln1 * F.rms_norm(h, (h.shape[-1],), eps=eps)
-        qkv = linear(x, w_qkv, b_qkv).view(b, num_heads + 2 * num_kv_heads, head_dim)
-        qk = _rope(qkv[:, : num_heads + num_kv_heads].unsqueeze(2), cos, sin).squeeze(2)  # q and k rotate together
-        q, k, v = qk[:, :num_heads], qk[:, num_heads:], qkv[:, num_heads + num_kv_heads:]
-        new_kv.append(torch.stack([k, v]))
-        h = h + linear(_attend_one(q, cache[0, i], cache[1, i], key_mask, k, v, scaling), w_o, b_o)
-        gate, up = linear(ln2 * F.rms_norm(h, (h.shape[-1],), eps=eps), w_gate_up).chunk(2, dim=-1)
-        h = h + linear(F.silu(gate) * up, w_down)
-    logits = linear(norm_w * F.rms_norm(h, (h.shape[-1],), eps=eps), head_w, head_b)
-    if top_p < 1.0:
-        new_token, new_logp = _sample_with_uniform(logits, temperature, top_p, u)
-    else:
-        new_token, new_logp = _sample_blocked(logits, temperature, u)
-    record_token = torch.where(done, pad_id, new_token)
-    record_logp = torch.where(done, 0.0, new_logp)
-    return (new_token, position + 1, done | (new_token == eos_id), record_token, record_logp, ~done,
-            torch.stack(new_kv, dim=1).unsqueeze(4))
-
-
-_COMPILED_DECODE = None
-
-
-def _compiled_decode():
-    """`_decode_cpu` under torch.compile, shared by all generators (dynamo keys the graphs by input
-    shapes: one per batch size and sampling setting; the cache length is a dynamic dimension).
-    Inductor's default Python wrapper (its C++ one measured within noise of it here, and its on-disk
-    cache keeps calls of `packed_linear` serialized with the op's schema at compile time), without
-    its size and alignment asserts on every input and op output (5-7% of a step at batch 8; the
-    inputs are built by `_decode_compiled` alone)."""
-    global _COMPILED_DECODE
-    if _COMPILED_DECODE is None:
-        _COMPILED_DECODE = torch.compile(_decode_cpu, fullgraph=True, dynamic=False,
-                                         options={"size_asserts": False, "alignment_asserts": False})
-    return _COMPILED_DECODE
-
-
-class _CompileFailed(RuntimeError):
-    pass
 
 
 class RolloutGenerator:
@@ -766,16 +541,6 @@ class RolloutGenerator:
                 self._decode_step(static, cache_k, cache_v, temperature, top_p, None, kv_len=cache_len)
             self._graphs[key] = (graph, static)
         return self._graphs[key]
-
-
-def _known_inputs():
-    """Context in which dynamo checks only the guards telling its graphs for a function apart (other
-    batch sizes, sampling settings), not those that hold for a call like the previous one: ~5% of a
-    small batch's step. Should a graph not fit after all, dynamo raises instead of recompiling."""
-    try:
-        return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
-    except (AttributeError, TypeError):  # an older torch: check them all
-        return contextlib.nullcontext()
 
 
 def _rng_state(generator: torch.Generator | None) -> torch.Tensor:
