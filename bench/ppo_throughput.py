@@ -8,9 +8,9 @@ Generation: the `tiny` SFT preset's shape (Llama-style, hidden 128, 4 layers, 40
 init, 32 prompts of 48-80 tokens, 64 new tokens, no EOS (every method runs to the full length), best
 of `--repeats` alternating runs of RolloutGenerator with its compiled CPU decode step (the default),
 with the eager step (`compile_cpu=False`), and transformers' `generate`. The compiled step's first
-call includes compiling it, in a fresh inductor cache unless `--warm-compile-cache`. The loop: the toy task of genrec/rl/toy.py (a word-level policy
-of the same depth and width), its phases from metrics.jsonl (median over iterations after the first).
-The GPU counterpart of the generation part is bench/gpu_ppo_rollout.sh.
+call includes compiling it, in a fresh inductor cache unless `--warm-compile-cache`. The loop: the
+toy task of genrec/rl/toy.py (a word-level policy of the same depth and width), its phases from
+metrics.jsonl (median over iterations after the first). The GPU counterpart of the generation part is bench/gpu_ppo_rollout.sh.
 """
 from __future__ import annotations
 
