@@ -321,9 +321,12 @@ class RolloutGenerator:
         """Whether this call steps through `_compiled_decode` (after `_refresh_fused`)."""
         if not (self.compile_cpu and device.type == "cpu" and self._fused is not None):
             return False
-        act = type(self.decoder.layers[0].mlp.act_fn).__name__
-        return (self.lm.lm_head.weight.dtype == torch.float32 and act in ("SiLU", "SiLUActivation")
+        return (self.lm.lm_head.weight.dtype == torch.float32 and self._silu_mlp()
                 and self._norm_eps() is not None)
+
+    def _silu_mlp(self) -> bool:
+        """Whether the gated MLP's activation is SiLU (Llama, Qwen2, Mistral), which oneDNN fuses."""
+        return type(self.decoder.layers[0].mlp.act_fn).__name__ in ("SiLU", "SiLUActivation")
 
     def _norm_eps(self) -> float | None:
         """The RMSNorms' common epsilon (None if they differ: the compiled step assumes one)."""
@@ -433,7 +436,7 @@ class RolloutGenerator:
         half = d // 2  # rotate_half(x) * sin == roll(x, half) * sin with its first half negated
         sin_signed = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
         cache_at = self._cache.permute(2, 4, 0, 1, 3, 5)  # (B, T, 2, L, Hkv, D): K and V of a column
-        swish = type(self.decoder.layers[0].mlp.act_fn).__name__ in ("SiLU", "SiLUActivation")
+        swish = self._silu_mlp()
         for i, layer in enumerate(self.decoder.layers):
             w, mlp = self._fused[i], layer.mlp
             qkv = packed_linear(_rms_norm(h, layer.input_layernorm), w["qkv"], w.get("qkv_bias"))
