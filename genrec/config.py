@@ -408,6 +408,13 @@ class SFTConfig:
         "every title after the first (SASRec's all-positions objective: a user's whole history trains in one row; "
         "prepare with samples_per_user=1). The checkpoint records it; evaluation and serving build prompts alike",
     )
+    item_tokens: bool = field(
+        False,
+        "format=sequence only: one token per catalog item (<item:ID>) written before each title; the model reads "
+        "an ID embedding beside every history title and predicts the next item's token (loss on it alone), and "
+        "evaluation/serving rank the catalog by one softmax over the item tokens (no beam search). Full "
+        "fine-tuning only (the new embedding rows must train: lora=false)",
+    )
     pack_len: int = field(
         0,
         "width of a packed row (0 = max_len). Rows of max_len fill to ~93% when lengths spread over "
@@ -461,6 +468,10 @@ class SFTConfig:
                 raise ConfigError(f"{name}: must be 0 or positive, got {getattr(self, name)}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if self.item_tokens and self.format != "sequence":
+            raise ConfigError("item_tokens: needs format=sequence (each item is written as its token, title and eos)")
+        if self.item_tokens and self.lora:
+            raise ConfigError("item_tokens: the item tokens' new embedding rows must train; set lora=false")
 
     @property
     def row_len(self) -> int:

@@ -17,6 +17,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray.data
 
+from genrec.data.item_tokens import item_token_ids
 from genrec.data.templates import Template, get_template
 from genrec.models.tokenizer import load_tokenizer
 from genrec.runtime import init_ray
@@ -25,6 +26,7 @@ log = logging.getLogger("genrec.tokenize")
 
 IGNORE_INDEX = -100  # label value that torch's cross-entropy (and transformers' loss) skips
 ROW_COLUMNS = ["instruction", "input", "output", "history_item_ids", "user_id", "position"]
+OPTIONAL_COLUMNS = ["target_item_id"]  # read when present: item_tokens models learn the target's token
 
 
 class RowTooLongError(ValueError):
@@ -126,16 +128,21 @@ def tokenize_sequence_rows(
     With `history_loss`, every title after the first kept one carries loss, so one row per user
     trains every next-item prediction of its history at once (as SASRec trains all positions);
     without it (validation) only the output does. Over-long rows drop their oldest titles, whole.
+    A tokenizer with item tokens (genrec/data/item_tokens.py) writes each item as its token, then
+    its title and eos, and puts the loss on the item token alone: that is what such a model ranks by.
     """
     prefixes = tokenizer([template.render_sequence_prefix(r["instruction"]) for r in rows],
                          split_special_tokens=True)["input_ids"]
     histories = [history_titles(template, row, titles) for row in rows]
     items = iter(batch_response_ids(tokenizer, [t for row, history in zip(rows, histories)
                                                 for t in history + ([row["output"]] if row["output"] else [])]))
+    item_tokens = item_token_ids(tokenizer)
     encoded = []
     for row, prefix, history in zip(rows, prefixes, histories):
         has_target = bool(row["output"])
         ids = [next(items) for _ in range(len(history) + has_target)]
+        if item_tokens:  # each item as <item:ID> title eos; loss on the item token alone
+            ids = [[token] + title for token, title in zip(_row_item_tokens(row, has_target, item_tokens), ids)]
         total, first = len(prefix) + sum(map(len, ids)), 0
         while total > max_len and first < len(ids) - 1:
             total, first = total - len(ids[first]), first + 1
@@ -148,9 +155,21 @@ def tokenize_sequence_rows(
             is_target = has_target and index == len(ids) - 1
             input_ids += ids[index]
             learn = is_target or (history_loss and index > first)
-            labels += ids[index] if learn else [IGNORE_INDEX] * len(ids[index])
+            target = ids[index][:1] + [IGNORE_INDEX] * (len(ids[index]) - 1) if item_tokens else ids[index]
+            labels += target if learn else [IGNORE_INDEX] * len(ids[index])
         encoded.append({"input_ids": input_ids, "labels": labels, "history_dropped": first})
     return encoded
+
+
+def _row_item_tokens(row: Mapping, has_target: bool, item_tokens: Mapping[str, int]) -> list[int]:
+    """The item tokens of a row's history (and target), oldest first; an item the tokenizer has no
+    token for is an error naming the row: the model was trained on another catalog."""
+    items = list(row["history_item_ids"] or []) + ([row.get("target_item_id")] if has_target else [])
+    missing = [item for item in items if item not in item_tokens]
+    if missing:
+        raise ValueError(f"{_row_name(row)}: items {missing[:5]} have no item token in this tokenizer "
+                         "(item_tokens models know only the catalog they were trained on)")
+    return [item_tokens[item] for item in items]
 
 
 def prompt_ids(
@@ -264,7 +283,8 @@ def tokenize_split(
     if catalog_path is None and (in_dir.parent / "catalog.parquet").exists():
         catalog_path = in_dir.parent / "catalog.parquet"
     get_template(template_name)  # an unknown template fails here, not inside an actor
-    rows = ray.data.read_parquet(str(in_dir)).select_columns(ROW_COLUMNS)
+    present = set(pads.dataset(str(in_dir), format="parquet").schema.names)
+    rows = ray.data.read_parquet(str(in_dir)).select_columns(ROW_COLUMNS + [c for c in OPTIONAL_COLUMNS if c in present])
     tokens = rows.map_batches(
         TokenizeBatch,
         fn_constructor_args=(tokenizer_dir, template_name, max_len, str(catalog_path) if catalog_path else None,

@@ -105,6 +105,8 @@ def build_model(
     else:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa")
         ensure_pad_token(tokenizer, model)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # added tokens (item_tokens)
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     if lora is not None:
         model = get_peft_model(model, lora_config(lora))
     return model

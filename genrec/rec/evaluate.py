@@ -38,6 +38,7 @@ class RankUsers:
     def __init__(self, checkpoint: str, catalog_path: str, cfg: EvaluateConfig) -> None:
         import torch
 
+        from genrec.data.item_tokens import catalog_token_ids, item_token_ids
         from genrec.data.tokenize import batch_response_ids
         from genrec.models.loading import load_checkpoint
         from genrec.rec.trie import CatalogTrie
@@ -52,6 +53,11 @@ class RankUsers:
         self.title_index = {title: index for index, title in enumerate(titles)}
         self.titles_by_id = dict(zip(ids, titles))  # to drop whole titles from long prompts, even with ", " in them
         self.trie = CatalogTrie.build(batch_response_ids(self.tokenizer, titles), self.tokenizer.eos_token_id)
+        # An item_tokens model ranks by one softmax over its item tokens (genrec/rec/item_rank.py).
+        self.item_tokens = catalog_token_ids(self.tokenizer, ids) if item_token_ids(self.tokenizer) else None
+        if self.item_tokens is not None and cfg.decoding != "constrained":
+            raise ValueError(f"decoding={cfg.decoding}: an item_tokens model writes item tokens, not free titles; "
+                             "use decoding=constrained")
         self.cfg = cfg
         self.template = get_template(trained.get("template", "genrec"))
         self.grounder = None
@@ -60,20 +66,34 @@ class RankUsers:
 
             self.grounder = Grounder(titles, cfg.grounding_embedder, model=self.model, tokenizer=self.tokenizer)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def prompts(self, rows: list[dict], max_len: int) -> list[list[int]]:
+        """The prompts as training built them, their oldest titles dropped until the answer fits in
+        max_len: the longest title, or one item token."""
         from genrec.data.tokenize import prompt_ids
-        from genrec.rec.beam import constrained_beam_search
 
-        # The prompt as training saw it, its oldest titles dropped until the longest title fits.
-        budget = self.cfg.max_len - self.trie.max_depth
-        prompts = prompt_ids(self.tokenizer, self.template, batch.to_pylist(), budget, self.titles_by_id, self.format)
+        budget = max_len - (1 if self.item_tokens is not None else self.trie.max_depth)
+        return prompt_ids(self.tokenizer, self.template, rows, budget, self.titles_by_id, self.format)
+
+    def rank(self, prompts: list[list[int]], top_k: int, num_beams: int, length_penalty: float,
+             renormalize: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(items, scores) per prompt: constrained beam search over the trie, or for an item_tokens
+        model the softmax over item tokens (what renormalised beam search over its trie ranks by)."""
+        from genrec.rec.beam import constrained_beam_search
+        from genrec.rec.item_rank import rank_by_item_tokens
+
+        if self.item_tokens is not None:
+            return rank_by_item_tokens(self.model, prompts, self.item_tokens, top_k=top_k,
+                                       pad_id=self.tokenizer.pad_token_id)
+        return constrained_beam_search(self.model, prompts, self.trie, num_beams=num_beams, top_k=top_k,
+                                       pad_id=self.tokenizer.pad_token_id, length_penalty=length_penalty,
+                                       renormalize=renormalize)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        prompts = self.prompts(batch.to_pylist(), self.cfg.max_len)
         columns = {"user_id": batch.column("user_id"), "target_item_id": batch.column("target_item_id")}
         if self.cfg.decoding == "constrained":
-            items, scores = constrained_beam_search(
-                self.model, prompts, self.trie, num_beams=self.cfg.num_beams, top_k=self.cfg.top_k,
-                pad_id=self.tokenizer.pad_token_id, length_penalty=self.cfg.length_penalty,
-                renormalize=self.cfg.renormalize,
-            )
+            items, scores = self.rank(prompts, self.cfg.top_k, self.cfg.num_beams, self.cfg.length_penalty,
+                                      self.cfg.renormalize)
         else:
             items, scores, texts = self._free_beam_search(prompts)
             columns["generated_titles"] = pa.array(texts, pa.list_(pa.string()))

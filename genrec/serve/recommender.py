@@ -4,10 +4,11 @@ deployment wraps it, and the benchmark's plain FastAPI server calls it directly.
 It loads the checkpoint and builds the catalog trie exactly as evaluation does (genrec.rec.evaluate
 RankUsers: same loader, same trie, same template and prompt format the checkpoint records), builds
 each prompt with `genrec.data.tokenize.prompt_ids` as training and evaluation do, and ranks with
-constrained beam search, so every answer is a catalog item.
+constrained beam search (an `item_tokens` model: one softmax over its item tokens), so every answer
+is a catalog item.
 
 A request goes through two steps: `check` (cheap, per request: resolve ids or titles, apply the
-history policy) and `rank` (one beam search for a whole batch of checked requests).
+history policy) and `rank` (one ranking call for a whole batch of checked requests).
 """
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ class RecommenderModel:
         # Loading through evaluation's own ranker keeps one definition of model + trie + prompt format.
         ranker = RankUsers(cfg.checkpoint_dir, str(catalog_path),
                            EvaluateConfig(max_len=cfg.max_len, top_k=1, num_beams=1, ks=[1]))
+        self.ranker = ranker
         self.model, self.tokenizer, self.trie = ranker.model, ranker.tokenizer, ranker.trie
         self.template, self.format = ranker.template, ranker.format
         self.titles_by_id: dict[str, str] = ranker.titles_by_id
@@ -74,7 +76,7 @@ class RecommenderModel:
         self.instruction = self._instruction(data)
         self.meta = json.loads((Path(cfg.checkpoint_dir) / "genrec.json").read_text())
         self.popularity = self._popularity(data) if cfg.empty_history == "popular" else None
-        if self.trie.max_depth >= cfg.max_len:
+        if ranker.item_tokens is None and self.trie.max_depth >= cfg.max_len:
             raise ValueError(f"recommender.max_len={cfg.max_len} leaves no room for a prompt beside the "
                              f"longest title ({self.trie.max_depth} tokens)")
         log.info("recommender: %s, %d catalog items, device %s", cfg.checkpoint_dir, len(self.item_ids),
@@ -133,9 +135,6 @@ class RecommenderModel:
 
     def rank(self, batch: list[Checked]) -> list[dict]:
         """One constrained beam search for the whole batch; a response body per request."""
-        from genrec.data.tokenize import prompt_ids
-        from genrec.rec.beam import constrained_beam_search
-
         results: list[dict | None] = [None] * len(batch)
         to_rank = []
         for position, request in enumerate(batch):
@@ -145,14 +144,10 @@ class RecommenderModel:
                 results[position] = self._popular(request)
         if to_rank:
             rows = [self._row(batch[p].history) for p in to_rank]
-            prompts = prompt_ids(self.tokenizer, self.template, rows, self.cfg.max_len - self.trie.max_depth,
-                                 self.titles_by_id, self.format)
+            prompts = self.ranker.prompts(rows, self.cfg.max_len)
             top_k = min(max(batch[p].needed for p in to_rank), len(self.item_ids))
-            items, scores = constrained_beam_search(
-                self.model, prompts, self.trie, num_beams=max(self.cfg.num_beams, top_k), top_k=top_k,
-                pad_id=self.tokenizer.pad_token_id, length_penalty=self.cfg.length_penalty,
-                renormalize=self.cfg.renormalize,
-            )
+            items, scores = self.ranker.rank(prompts, top_k, max(self.cfg.num_beams, top_k), self.cfg.length_penalty,
+                                             self.cfg.renormalize)
             for row, position in enumerate(to_rank):
                 results[position] = self._answer(batch[position], items[row], scores[row])
         return results  # type: ignore[return-value]
@@ -194,6 +189,7 @@ class RecommenderModel:
             "stage": self.meta.get("stage"),
             "base_model": self.meta.get("base_model") or self.meta.get("config", {}).get("model"),
             "prompt_format": self.format,
+            "item_tokens": self.ranker.item_tokens is not None,
             "training_metrics": self.meta.get("metrics", {}),
             "evaluation": report,
             "device": str(self.model.device),

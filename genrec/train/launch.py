@@ -85,7 +85,7 @@ def build_tokenizer(cfg: SFTConfig, out: Path) -> Path:
     """The tokenizer every worker and the tokenization step load: saved once in out_dir/tokenizer."""
     path = out / "tokenizer"
     source = {"model": cfg.model, "vocab_size": cfg.vocab_size, "max_len": cfg.max_len,
-              "data_dir": str(Path(cfg.data_dir).resolve()), "format": cfg.format}
+              "data_dir": str(Path(cfg.data_dir).resolve()), "format": cfg.format, "item_tokens": cfg.item_tokens}
     if (path / SOURCE_FILE).exists():
         built = json.loads((path / SOURCE_FILE).read_text())
         if built != source:
@@ -101,6 +101,11 @@ def build_tokenizer(cfg: SFTConfig, out: Path) -> Path:
         from genrec.models.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.model)
+    if cfg.item_tokens:
+        from genrec.data.item_tokens import add_item_tokens
+
+        catalog = pq.read_table(Path(cfg.data_dir) / "catalog.parquet", columns=["item_id"])
+        log.info("item_tokens: %d added", add_item_tokens(tokenizer, catalog.column("item_id").to_pylist()))
     tokenizer.save_pretrained(path)
     (path / SOURCE_FILE).write_text(json.dumps(source, indent=2))
     return path
