@@ -87,7 +87,7 @@ def build_tokenizer(cfg: SFTConfig, out: Path) -> Path:
     source = {"model": cfg.model, "vocab_size": cfg.vocab_size, "max_len": cfg.max_len,
               "data_dir": str(Path(cfg.data_dir).resolve()), "format": cfg.format, "item_tokens": cfg.item_tokens}
     if (path / SOURCE_FILE).exists():
-        built = json.loads((path / SOURCE_FILE).read_text())
+        built = {"item_tokens": False, **json.loads((path / SOURCE_FILE).read_text())}  # older runs lack the key
         if built != source:
             raise ValueError(f"{out} holds a tokenizer and token shards built from {built}, not {source}; "
                              "use a new out_dir (a resumed run must keep the token ids it was trained with)")
