@@ -109,7 +109,7 @@ def stage_run(args) -> None:
     import torch
 
     from genrec.config import SFTConfig
-    from genrec.models.tiny import tiny_config, tiny_model
+    from genrec.models.tiny import add_embedding_dropout, tiny_config, tiny_model
     from genrec.models.tokenizer import load_tokenizer
     from genrec.rec.metrics import ranking_metrics
     from genrec.train.batching import TokenRows
@@ -141,9 +141,7 @@ def stage_run(args) -> None:
                          num_attention_heads=args.heads, max_position_embeddings=meta["max_len"])
     config.attention_dropout = args.attn_dropout
     model = tiny_model(config, seed=0).to(device)
-    if args.embed_dropout:  # Llama has no embedding dropout; SASRec drops its embeddings on sparse Amazon data
-        model.get_input_embeddings().register_forward_hook(
-            lambda module, inputs, output: torch.nn.functional.dropout(output, args.embed_dropout, module.training))
+    add_embedding_dropout(model, args.embed_dropout)  # what train-sft's tiny_embedding_dropout adds
     steps = args.max_steps or max(50, round(args.epochs * epoch_tokens / args.micro_batch_tokens))
     cfg = SFTConfig(model="tiny", max_len=meta["max_len"], format="sequence", item_tokens=True,
                     micro_batch_tokens=args.micro_batch_tokens, lr=args.lr, weight_decay=args.weight_decay,

@@ -394,6 +394,8 @@ class SFTConfig:
     tiny_layers: int = field(4, "tiny: decoder layers")
     tiny_heads: int = field(4, "tiny: attention heads")
     tiny_dropout: float = field(0.0, "tiny: attention dropout (0.1 with weight_decay 0.1 helped on Toys at many epochs)")
+    tiny_embedding_dropout: float = field(0.0, "tiny: dropout on the input embeddings while training (0.2 for "
+                                          "item_tokens on sparse logs, as SASRec drops its item embeddings)")
     lora: bool = field(False, "train LoRA adapters instead of all weights (meant for pretrained bases)")
     lora_r: int = field(16, "LoRA rank")
     lora_alpha: int = field(32, "LoRA scaling numerator (the update is scaled by alpha / r)")

@@ -1,4 +1,5 @@
 """The tiny preset, pretrained-style loading by path, LoRA, and checkpoint round trips."""
+import dataclasses
 import json
 
 import pytest
@@ -87,6 +88,24 @@ def test_full_checkpoint_round_trip_gives_identical_logits(tmp_path):
     assert torch.equal(logits(model, tokenizer), logits(loaded, loaded_tok))
     assert meta == {"stage": "sft", "config": {"lr": 1e-3}, "metrics": {"loss": 1.5},
                     "genrec_version": genrec.__version__}
+
+
+def test_embedding_dropout_acts_in_training_only_and_leaves_the_saved_model_alone(tmp_path):
+    plain, tokenizer = tiny()
+    dropped, _ = load_model_and_tokenizer("tiny", texts=TEXTS, device="cpu",
+                                          tiny_settings=dataclasses.replace(SMALL, embedding_dropout=0.5))
+    ids, mask, _ = batch(tokenizer)
+    dropped.train()
+    with torch.no_grad():
+        first, second = (dropped(input_ids=ids, attention_mask=mask).logits for _ in range(2))
+    assert not torch.allclose(first, second)  # a fresh mask each pass
+    plain.train()
+    with torch.no_grad():
+        assert torch.equal(*(plain(input_ids=ids, attention_mask=mask).logits for _ in range(2)))
+    assert torch.equal(logits(dropped, tokenizer), logits(plain, tokenizer))  # eval: the same seeded model
+    save_checkpoint(tmp_path / "ckpt", dropped, tokenizer, "sft", {}, {})
+    loaded, loaded_tok, _ = load_checkpoint(tmp_path / "ckpt", device="cpu")
+    assert torch.equal(logits(loaded, loaded_tok), logits(plain, tokenizer))
 
 
 @pytest.mark.parametrize("base", ["saved", "in_memory"])

@@ -40,6 +40,7 @@ class TinySettings:
     num_attention_heads: int = 4
     max_position_embeddings: int = 1024
     attention_dropout: float = 0.0
+    embedding_dropout: float = 0.0
     seed: int = 0
 
 
@@ -102,6 +103,7 @@ def build_model(
         )
         config.attention_dropout = size.attention_dropout
         model = tiny.tiny_model(config, seed=size.seed, dtype=dtype)
+        tiny.add_embedding_dropout(model, size.embedding_dropout)
     else:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa")
         ensure_pad_token(tokenizer, model)

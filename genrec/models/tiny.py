@@ -79,3 +79,16 @@ def tiny_model(config: LlamaConfig, seed: int = 0, dtype: torch.dtype = torch.fl
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=dtype)
+
+
+def add_embedding_dropout(model: torch.nn.Module, p: float) -> None:
+    """Dropout on the input embeddings while training, as SASRec drops its item embeddings.
+
+    Llama has no such dropout, and on sparse logs (Amazon Toys: 8 interactions a user) a model that
+    reads an ID embedding per item overfits without it. A forward hook on the embedding module
+    only: the tied output layer reads the same weight directly, so logits are untouched, and
+    nothing is saved with the weights (evaluation and serving run without it)."""
+    if p <= 0:
+        return
+    model.get_input_embeddings().register_forward_hook(
+        lambda module, inputs, output: torch.nn.functional.dropout(output, p, module.training))

@@ -187,7 +187,7 @@ def build_model(cfg: SFTConfig, tokenizer) -> torch.nn.Module:
     lose AdamW's small updates."""
     tiny = TinySettings(vocab_size=len(tokenizer), hidden_size=cfg.tiny_hidden, num_hidden_layers=cfg.tiny_layers,
                         num_attention_heads=cfg.tiny_heads, max_position_embeddings=max(1024, cfg.max_len),
-                        attention_dropout=cfg.tiny_dropout, seed=cfg.seed)
+                        attention_dropout=cfg.tiny_dropout, embedding_dropout=cfg.tiny_embedding_dropout, seed=cfg.seed)
     targets = cfg.lora_target_modules
     lora = LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
                         "all-linear" if targets == ["all-linear"] else targets) if cfg.lora else None
