@@ -85,7 +85,7 @@ def add_embedding_dropout(model: torch.nn.Module, p: float) -> None:
     """Dropout on the input embeddings while training, as SASRec drops its item embeddings.
 
     Llama has no such dropout, and on sparse logs (Amazon Toys: 8 interactions a user) a model that
-    reads an ID embedding per item overfits without it. A forward hook on the embedding module
+    reads an ID embedding per item is prone to overfit. A forward hook on the embedding module
     only: the tied output layer reads the same weight directly, so logits are untouched, and
     nothing is saved with the weights (evaluation and serving run without it)."""
     if p <= 0:
