@@ -402,7 +402,7 @@ def _device_name(device) -> str:
 
 # ---------------------------------------------------------------------------------- merge here
 def stage_merge(args) -> None:
-    """The variants' JSON (whatever finished) -> the `genrec` entry of bench/results/quality_toys.json
+    """The variants' JSON (whatever finished) -> the `genrec_titles` entry of bench/results/quality_toys.json
     and a section of its markdown. The entry is the variant with the best validation HR@10 among those
     scored on every test user; every variant is listed."""
     run = Path(args.dir)
@@ -414,11 +414,11 @@ def stage_merge(args) -> None:
     best = scored[name]
     results = ROOT / "bench" / "results" / "quality_toys.json"
     report = json.loads(results.read_text())
-    old = report.get("genrec")
+    old = report.get("genrec_titles")
     if old and old.get("format", "prompt") == "prompt":
         report.setdefault("genrec_history", {})["cpu_prompt_format_200_steps"] = old
     t = best["test"]
-    report["genrec"] = {
+    report["genrec_titles"] = {
         **{k: t[k] for k in ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "hr@20", "ndcg@20")},
         "hallucination_rate": t["hallucination_rate"], "train_s": round(best["train_s"], 1), "users": t["users"],
         "partial": False, "format": "sequence", "variant": name, "device": best["device"],
@@ -438,7 +438,7 @@ def stage_merge(args) -> None:
         for n, r in variants.items()
     }
     results.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report["genrec"], indent=2))
+    print(json.dumps(report["genrec_titles"], indent=2))
     print(json.dumps(report["genrec_variants"], indent=2))
 
 

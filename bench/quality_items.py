@@ -52,14 +52,6 @@ def rank_all(model, tokenizer, prompts, item_tokens, batch_tokens=16384, k=20):
 INPUTS = ROOT / "bench" / "work" / "items" / "inputs"
 
 
-def without_titles(ids: list[int], labels: list[int] | None, plain_vocab: int):
-    """Ablation (--titles 0): a row with its titles and their eos removed, the instruction and the
-    item tokens kept, so the model reads and writes item ids alone, as SASRec does."""
-    first = next((i for i, t in enumerate(ids) if t >= plain_vocab), len(ids))
-    keep = list(range(first)) + [i for i in range(first, len(ids)) if ids[i] >= plain_vocab]
-    return [ids[i] for i in keep], None if labels is None else [labels[i] for i in keep]
-
-
 def stage_inputs(args) -> None:
     """The product's item-token rows and prompts for the Toys split, written as parquet."""
     import pyarrow as pa
@@ -85,16 +77,13 @@ def stage_inputs(args) -> None:
     split = {s: pq.read_table(SEQ / "toys_prepared" / s).sort_by("user_id").to_pylist() for s in ("train", "valid", "test")}
     lists = pa.list_(pa.int32())
     for name, part, history_loss in (("train", split["train"], True), ("valid_loss", split["valid"][:4000], False)):
-        encoded = tokenize_sequence_rows(tokenizer, template, part, args.max_len, titles, history_loss)
-        if not args.titles:
-            encoded = [dict(zip(("input_ids", "labels"), without_titles(e["input_ids"], e["labels"], plain_vocab)))
-                       for e in encoded]
+        encoded = tokenize_sequence_rows(tokenizer, template, part, args.max_len, titles, history_loss,
+                                         item_titles=bool(args.titles))
         pq.write_table(pa.table({"input_ids": pa.array([e["input_ids"] for e in encoded], lists),
                                  "labels": pa.array([e["labels"] for e in encoded], lists)}), inputs / f"{name}.parquet")
     for name in ("valid", "test"):
-        prompts = prompt_ids(tokenizer, template, split[name], args.max_len - 1, titles, "sequence")
-        if not args.titles:
-            prompts = [without_titles(p, None, plain_vocab)[0] for p in prompts]
+        prompts = prompt_ids(tokenizer, template, split[name], args.max_len - 1, titles,
+                             "sequence" if args.titles else "item_ids")
         targets = [catalog_index[r["target_item_id"]] for r in split[name]]
         pq.write_table(pa.table({"user_id": [r["user_id"] for r in split[name]], "target": pa.array(targets, pa.int32()),
                                  "prompt": pa.array(prompts, lists)}), inputs / f"{name}_prompts.parquet")
@@ -198,7 +187,7 @@ def stage_report(args) -> None:
         result.pop("history")
         runs[run.name] = result
     out = {"dataset": toys["dataset"], "users": toys["users"], "items": toys["items"], "protocol": toys["protocol"],
-           "pop": toys["pop"], "sasrec": toys["sasrec"], "genrec_titles_only": toys["genrec"], "item_tokens": runs,
+           "pop": toys["pop"], "sasrec": toys["sasrec"], "genrec_titles_only": toys["genrec_titles"], "item_tokens": runs,
            "notes": Path(args.notes).read_text() if args.notes else ""}
     (results / "quality_items.json").write_text(json.dumps(out, indent=2))
     lines = ["# genrec `item_tokens` on Amazon Toys (bench/quality_items.py)", "",
@@ -211,7 +200,7 @@ def stage_report(args) -> None:
         m = toys[name]
         lines.append(f"| {name} | | | | | {m['train_s']:.0f} | | | {m['users']:,} | {m['hr@5']:.4f} | {m['hr@10']:.4f} | "
                      f"{m['ndcg@5']:.4f} | {m['ndcg@10']:.4f} | | |")
-    g = toys["genrec"]
+    g = toys["genrec_titles"]
     lines.append(f"| genrec titles only ({g['variant']}, beam search) | yes | 17.3M | | {g['steps']} ({g['epochs']:.1f}) | "
                  f"{g['train_s']:.0f} (H100) | | | {g['users']:,} | {g['hr@5']:.4f} | {g['hr@10']:.4f} | {g['ndcg@5']:.4f} | "
                  f"{g['ndcg@10']:.4f} | {g['hr@20']:.4f} | {g['coverage@10']:.3f} |")
@@ -250,7 +239,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="bench/work/items/run")
     parser.add_argument("--inputs", default=str(INPUTS), help="where `inputs` writes and `run` reads")
-    parser.add_argument("--titles", type=int, default=1, help="inputs: 0 = ablation with the titles removed (item tokens alone)")
+    parser.add_argument("--titles", type=int, default=1, help="inputs: 0 = format=item_ids, each item its token alone (no titles)")
     args = parser.parse_args(argv)
     {"inputs": stage_inputs, "run": stage_run, "report": stage_report}[args.stage](args)
     return 0

@@ -186,13 +186,14 @@ class RewardConfig:
     save_every: int = field(100, "optimizer steps between resumable checkpoints (0 = only at the end)")
     calibration_bins: int = field(10, "bins of the calibration table")
     num_workers: int = field(1, "Ray Train workers (DDP)")
+    cpus_per_worker: int = field(1, "CPU cores each worker reserves and trains on (its torch threads)")
     use_gpu: bool = field(False, "one GPU per worker")
     max_failures: int = field(2, "worker failures Ray Train recovers from (restarting from the last checkpoint)")
     fail_at_step: int = field(0, "testing: a worker exits once at this step, to check restarts (0 = off)")
     seed: int = field(0, "seed for initialisation and data order")
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_len", "epochs", "num_workers", "log_every", "calibration_bins"):
+        for name in ("batch_size", "max_len", "epochs", "num_workers", "cpus_per_worker", "log_every", "calibration_bins"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         for name in ("max_steps", "warmup_steps", "eval_every", "save_every", "max_train_pairs"):
@@ -403,16 +404,18 @@ class SFTConfig:
     lora_target_modules: list[str] = field(["all-linear"], "module names that get adapters; all-linear = every linear layer but the LM head")
     max_len: int = field(512, "longest sequence in tokens and the width of a packed row; tokenization drops a "
                          "prompt's oldest history titles to fit (counted); a row that still does not fit is an error")
-    format: Literal["prompt", "sequence"] = field(
+    format: Literal["prompt", "sequence", "item_ids"] = field(
         "prompt",
         "prompt: GenRec's text (instruction, history titles joined in the input, the next title as the response), "
         "loss on the response; sequence: the instruction, then every title as its own ids ending in eos, loss on "
         "every title after the first (SASRec's all-positions objective: a user's whole history trains in one row; "
-        "prepare with samples_per_user=1). The checkpoint records it; evaluation and serving build prompts alike",
+        "prepare with samples_per_user=1); item_ids: as sequence, each item written as its item token alone, "
+        "without its title (needs item_tokens=true: the model reads and writes item ids, as SASRec does). "
+        "The checkpoint records it; evaluation and serving build prompts alike",
     )
     item_tokens: bool = field(
         False,
-        "format=sequence only: one token per catalog item (<item:ID>) written before each title; the model reads "
+        "format=sequence or item_ids: one token per catalog item (<item:ID>) written before each title; the model reads "
         "an ID embedding beside every history title and predicts the next item's token (loss on it alone), and "
         "evaluation/serving rank the catalog by one softmax over the item tokens (no beam search). Full "
         "fine-tuning only (the new embedding rows must train: lora=false)",
@@ -450,6 +453,7 @@ class SFTConfig:
     eval_every: int = field(200, "optimizer steps between validation passes (0 = only at the end)")
     save_every: int = field(500, "optimizer steps between resumable checkpoints (0 = only at the end)")
     num_workers: int = field(1, "Ray Train workers (one process per GPU or CPU slot)")
+    cpus_per_worker: int = field(1, "CPU cores each worker reserves and trains on (its torch threads)")
     strategy: Literal["ddp", "fsdp"] = field("ddp", "ddp: a full replica per worker; fsdp: parameters and optimizer state sharded")
     use_gpu: bool = field(False, "one GPU per worker, bf16 autocast")
     max_failures: int = field(2, "worker failures Ray Train recovers from (restarting from the last checkpoint)")
@@ -462,7 +466,7 @@ class SFTConfig:
             raise ConfigError(f"pack_len: must be 0 or at least max_len={self.max_len}, got {self.pack_len}")
         if self.micro_batch_tokens < self.row_len:
             raise ConfigError(f"micro_batch_tokens: must hold one row of {self.row_len} tokens, got {self.micro_batch_tokens}")
-        for name in ("grad_accum", "epochs", "num_workers", "log_every"):
+        for name in ("grad_accum", "epochs", "num_workers", "cpus_per_worker", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         for name in ("max_steps", "warmup_steps", "eval_every", "save_every"):
@@ -470,8 +474,11 @@ class SFTConfig:
                 raise ConfigError(f"{name}: must be 0 or positive, got {getattr(self, name)}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
-        if self.item_tokens and self.format != "sequence":
-            raise ConfigError("item_tokens: needs format=sequence (each item is written as its token, title and eos)")
+        if self.item_tokens and self.format == "prompt":
+            raise ConfigError("item_tokens: needs format=sequence (each item written as its token, title and eos) "
+                              "or format=item_ids (its token alone)")
+        if self.format == "item_ids" and not self.item_tokens:
+            raise ConfigError("format=item_ids: writes each item as its item token; set item_tokens=true")
         if self.item_tokens and self.lora:
             raise ConfigError("item_tokens: the item tokens' new embedding rows must train; set lora=false")
 

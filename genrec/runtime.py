@@ -39,6 +39,13 @@ def init_ray(object_store_gb: float = 0.0) -> None:
     quiet_ray_data()
 
 
+def worker_resources(cfg) -> dict:
+    """What each Ray Train worker of an SFT or reward run reserves: cpus_per_worker CPUs, plus a GPU
+    with use_gpu. Ray sets a worker's OMP_NUM_THREADS, and so torch's thread count, to its CPUs:
+    with Ray's default of one CPU a worker trains on one core however many its node has."""
+    return {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+
+
 def quiet_ray_data() -> None:
     """Ray Data's progress bars fight with our own log lines when output is not a terminal."""
     import ray.data

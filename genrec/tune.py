@@ -33,13 +33,13 @@ import yaml
 
 from genrec.config import (ConfigError, PPOConfig, PrepareConfig, RewardConfig, SFTConfig, TuneConfig, from_dict,
                            load_config, save_config)
-from genrec.runtime import init_ray
+from genrec.runtime import init_ray, worker_resources
 
 log = logging.getLogger("genrec.tune")
 
 PREPARE_KEYS = ("history_len",)  # swept keys of the prepare stage: each value is prepared once
 # Keys that decide an SFT run's tokenizer and token shards: trials that share them share one copy.
-TOKEN_KEYS = ("data_dir", "model", "vocab_size", "max_len", "format")
+TOKEN_KEYS = ("data_dir", "model", "vocab_size", "max_len", "format", "item_tokens")
 # The trial function only waits on its TorchTrainer; Tune refuses a trial with no resources at all,
 # so it asks for a sliver of a CPU that never keeps a Ray Train worker from starting.
 TRIAL_DRIVER_CPU = 0.01
@@ -100,8 +100,8 @@ def ppo_resources(cfg: PPOConfig) -> dict:
 
 
 def train_workers(cfg) -> dict:
-    """What one trial's Ray Train workers hold: a CPU each, or a GPU each with use_gpu."""
-    return {"GPU": cfg.num_workers} if cfg.use_gpu else {"CPU": cfg.num_workers}
+    """What one trial's Ray Train workers hold in all: num_workers times worker_resources."""
+    return {key: value * cfg.num_workers for key, value in worker_resources(cfg).items()}
 
 
 def sft_final_step(trial_dir: Path):

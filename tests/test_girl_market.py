@@ -35,7 +35,7 @@ def market(ray_session, tmp_path_factory):
 def reward_config(root) -> RewardConfig:
     return RewardConfig(data_dir=str(root / "jobs"), out_dir=str(root / "rm"), backbone="tiny", vocab_size=1000,
                         tiny_hidden=64, tiny_layers=2, max_len=192, batch_size=32, lr=1e-3, warmup_steps=10,
-                        max_steps=300, log_every=50, eval_every=150, save_every=150, seed=0)
+                        max_steps=300, log_every=50, eval_every=150, save_every=150, seed=0, cpus_per_worker=2)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def generator(market):
     return train_sft(SFTConfig(data_dir=str(market / "jobs" / "sft"), out_dir=str(market / "gen"), model="tiny",
                                vocab_size=1000, tiny_hidden=96, tiny_layers=2, tiny_heads=4, max_len=384,
                                micro_batch_tokens=2048, lr=2e-3, warmup_steps=10, max_steps=600, eval_every=300,
-                               save_every=1000, log_every=100, num_workers=1))
+                               save_every=1000, log_every=100, num_workers=1, cpus_per_worker=2))
 
 
 def spearman(a, b) -> float:
@@ -81,6 +81,8 @@ def test_reward_model_learns_the_fit_and_resumes(market, reward_model):
 
     # A rerun with the same out_dir resumes from the last checkpoint (the finished step): no step trains again.
     lines = (market / "rm" / "metrics.jsonl").read_text().splitlines()
+    # The worker trained on both CPUs it reserved (cpus_per_worker=2; Ray's default would give it one thread).
+    assert {json.loads(line)["torch_threads"] for line in lines if "loss" in json.loads(line)} == {2}
     train_reward(reward_config(market))
     assert (market / "rm" / "metrics.jsonl").read_text().splitlines() == lines
     assert json.loads((market / "rm" / "final" / "genrec.json").read_text())["train"]["step"] == 300

@@ -1,4 +1,5 @@
-"""item_tokens models: each item written `<item:ID>` title eos, ranked by one softmax over the item tokens.
+"""item_tokens models: each item written `<item:ID>` title eos (format=item_ids: its token alone), ranked
+by one softmax over the item tokens.
 
 Rows and prompts on a real prepared synthetic set; the one-pass ranking against renormalised
 constrained beam search over the same items; `genrec train-sft item_tokens=true` on real Ray Train
@@ -62,6 +63,31 @@ def test_rows_write_each_item_as_its_token_then_title_with_loss_on_the_token(pre
     assert len(prefix) < len(prompt)
 
 
+def test_item_ids_format_writes_each_item_as_its_token_alone(prepared):
+    from genrec.data.tokenize import tokenize_rows
+
+    _, tokenizer, plain_vocab = tiny_with_items(prepared)
+    tokens = item_token_ids(tokenizer)
+    rows = pq.read_table(prepared["root"] / "prepared" / "train").sort_by("user_id").slice(0, 20).to_pylist()
+    encoded = tokenize_rows(tokenizer, GENREC, rows, 1024, format="item_ids")
+    for row, e in zip(rows, encoded):
+        items = [tokens[item] for item in row["history_item_ids"] + [row["target_item_id"]]]
+        prefix = tokenizer([GENREC.render_sequence_prefix(row["instruction"])], split_special_tokens=True)["input_ids"][0]
+        assert e["input_ids"] == prefix + items  # no title, no eos
+        assert e["labels"] == [IGNORE_INDEX] * (len(prefix) + 1) + items[1:]
+    # Over-long rows drop their oldest items; the prompt is the row without its target token.
+    short = tokenize_rows(tokenizer, GENREC, rows[:1], len(encoded[0]["input_ids"]) - 3, format="item_ids")[0]
+    assert short["history_dropped"] == 3 and short["input_ids"][-4:] == encoded[0]["input_ids"][-4:]
+    assert prompt_ids(tokenizer, GENREC, rows[:1], 1024, format="item_ids")[0] == encoded[0]["input_ids"][:-1]
+    # A tokenizer without item tokens cannot write this format.
+    _, bare = load_model_and_tokenizer("tiny", texts=prepared["titles"], device="cpu",
+                                       tiny_settings=TinySettings(vocab_size=400, hidden_size=32,
+                                                                  num_hidden_layers=1, num_attention_heads=2))
+    assert len(bare) == plain_vocab
+    with pytest.raises(ValueError, match="no item tokens"):
+        tokenize_rows(bare, GENREC, rows[:1], 1024, format="item_ids")
+
+
 def test_item_token_text_in_a_title_stays_text_and_unknown_items_are_named(prepared):
     _, tokenizer, _ = tiny_with_items(prepared)
     first = prepared["ids"][0]
@@ -107,9 +133,13 @@ def test_item_tokens_config_needs_the_sequence_format_and_full_fine_tuning():
         SFTConfig(item_tokens=True)
     with pytest.raises(ConfigError, match="lora=false"):
         SFTConfig(item_tokens=True, format="sequence", lora=True)
+    with pytest.raises(ConfigError, match="item_ids: .*item_tokens=true"):
+        SFTConfig(format="item_ids")
+    assert SFTConfig(format="item_ids", item_tokens=True).item_tokens
 
 
-def test_train_evaluate_and_serve_an_item_token_model_beats_most_popular(prepared):
+@pytest.mark.parametrize("format", ["sequence", "item_ids"])
+def test_train_evaluate_and_serve_an_item_token_model_beats_most_popular(prepared, format):
     from genrec.config import RecommenderServeConfig
     from genrec.models.loading import load_checkpoint
     from genrec.rec.evaluate import evaluate
@@ -117,20 +147,21 @@ def test_train_evaluate_and_serve_an_item_token_model_beats_most_popular(prepare
     from genrec.train.launch import train_sft
 
     root = prepared["root"]
-    out = root / "sft"
-    train_sft(SFTConfig(data_dir=str(root / "prepared"), out_dir=str(out), format="sequence", item_tokens=True,
+    out = root / f"sft_{format}"
+    train_sft(SFTConfig(data_dir=str(root / "prepared"), out_dir=str(out), format=format, item_tokens=True,
                         max_len=512, micro_batch_tokens=4096, tiny_hidden=64, tiny_layers=2, tiny_heads=2,
                         vocab_size=512, lr=3e-3, warmup_steps=5, max_steps=30, log_every=10, eval_every=30,
                         save_every=0, valid_rows=100))
     _, tokenizer, meta = load_checkpoint(out / "final", device="cpu")
     assert meta["config"]["item_tokens"] and len(item_token_ids(tokenizer)) == len(prepared["ids"])
+    assert meta["config"]["format"] == format  # evaluation and serving build their prompts from it
 
     report = evaluate(EvaluateConfig(data_dir=str(root / "prepared"), checkpoint_dir=str(out / "final"),
-                                     out_dir=str(root / "eval"), top_k=20, ks=[10, 20], batch_size=100))
+                                     out_dir=str(root / f"eval_{format}"), top_k=20, ks=[10, 20], batch_size=100))
     pop = evaluate(EvaluateConfig(data_dir=str(root / "prepared"), model="pop", out_dir=str(root / "pop"), ks=[10, 20]))
     assert report["users"] == 300 and report["hallucination_rate"] == 0.0
     assert report["metrics"]["hr@10"] > pop["metrics"]["hr@10"] + 0.05, (report["metrics"], pop["metrics"])
-    per_user = pq.read_table(root / "eval" / "per_user.parquet").sort_by("user_id")
+    per_user = pq.read_table(root / f"eval_{format}" / "per_user.parquet").sort_by("user_id")
     ranked = np.array(per_user.column("ranked_items").to_pylist())
     assert all(len(set(r)) == 20 for r in ranked.tolist())
 

@@ -46,9 +46,17 @@ def losses(out):
     return by_step
 
 
+def torch_threads(out) -> set:
+    """The torch thread counts the training-loss lines of a run report."""
+    rows = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+    return {m["torch_threads"] for m in rows if "loss" in m}
+
+
 def test_validation_loss_falls_and_models_are_saved_on_cpu(prepared):
-    final, out = run(prepared, "learn", max_steps=30, eval_every=10, save_every=10)
+    final, out = run(prepared, "learn", max_steps=30, eval_every=10, save_every=10, cpus_per_worker=2)
     reports = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+    # The worker reserved both CPUs and trained on two threads (Ray's default gives a worker one).
+    assert torch_threads(out) == {2}
     # one value per step: a worker restarted under load repeats steps (with the same values)
     by_step = {m["step"]: m["valid_loss"] for m in reports if "valid_loss" in m}
     assert reports[0]["step"] == 0 and sorted(by_step) == [0, 10, 20, 30]
@@ -69,6 +77,7 @@ def test_two_workers_match_one_worker_with_the_same_global_batch_on_cpu(prepared
     _, fsdp = run(prepared, "two_workers_fsdp", num_workers=2, grad_accum=1, strategy="fsdp")
     a = losses(one)
     assert sorted(a) == list(range(1, 9))
+    assert torch_threads(one) == {1}  # Ray's default: one CPU, so one thread, per worker
     for other in (losses(ddp), losses(fsdp)):
         assert sorted(other) == sorted(a)
         for step in a:

@@ -26,6 +26,7 @@ log = logging.getLogger("genrec.tokenize")
 
 IGNORE_INDEX = -100  # label value that torch's cross-entropy (and transformers' loss) skips
 ROW_COLUMNS = ["instruction", "input", "output", "history_item_ids", "user_id", "position"]
+SEQUENCE_FORMATS = ("sequence", "item_ids")  # a user's items one after another, each its own ids
 OPTIONAL_COLUMNS = ["target_item_id"]  # read when present: item_tokens models learn the target's token
 
 
@@ -92,16 +93,18 @@ def tokenize_rows(
 
     format="prompt" (GenRec): the rendered prompt, then the response; loss on the response.
     format="sequence": see tokenize_sequence_rows; `history_loss` puts loss on the history titles too.
+    format="item_ids": the same with each item as its item token alone, without its title.
 
     `titles` (catalog item_id -> title) is needed only to shorten rows whose titles hold the separator.
 
     Prompts and responses are encoded in one batched call each; only over-long rows pay for the
     search over shorter histories.
     """
-    if format == "sequence":
-        return tokenize_sequence_rows(tokenizer, template, rows, max_len, titles, history_loss)
+    if format in SEQUENCE_FORMATS:
+        return tokenize_sequence_rows(tokenizer, template, rows, max_len, titles, history_loss,
+                                      item_titles=format == "sequence")
     if format != "prompt":
-        raise ValueError(f"format: expected 'prompt' or 'sequence', got {format!r}")
+        raise ValueError(f"format: expected 'prompt', 'sequence' or 'item_ids', got {format!r}")
     prompts = batch_prompt_ids(tokenizer, template, [r["instruction"] for r in rows], [r["input"] for r in rows])
     responses = batch_response_ids(tokenizer, [r["output"] for r in rows])
     encoded = []
@@ -121,6 +124,7 @@ def tokenize_sequence_rows(
     max_len: int,
     titles: Mapping[str, str] | None = None,
     history_loss: bool = True,
+    item_titles: bool = True,
 ) -> list[dict]:
     """format=sequence: the instruction prefix, then each history title and the row's output (when
     not empty) as `response_ids`: the title's own ids and eos, exactly what the catalog trie decodes.
@@ -130,19 +134,26 @@ def tokenize_sequence_rows(
     without it (validation) only the output does. Over-long rows drop their oldest titles, whole.
     A tokenizer with item tokens (genrec/data/item_tokens.py) writes each item as its token, then
     its title and eos, and puts the loss on the item token alone: that is what such a model ranks by.
+    Without `item_titles` (format=item_ids) each item is its item token alone.
     """
+    item_tokens = item_token_ids(tokenizer)
+    if not item_titles and not item_tokens:
+        raise ValueError("format=item_ids: this tokenizer has no item tokens (train with item_tokens=true)")
     prefixes = tokenizer([template.render_sequence_prefix(r["instruction"]) for r in rows],
                          split_special_tokens=True)["input_ids"]
-    histories = [history_titles(template, row, titles) for row in rows]
-    items = iter(batch_response_ids(tokenizer, [t for row, history in zip(rows, histories)
-                                                for t in history + ([row["output"]] if row["output"] else [])]))
-    item_tokens = item_token_ids(tokenizer)
+    if item_titles:
+        histories = [history_titles(template, row, titles) for row in rows]
+        items = iter(batch_response_ids(tokenizer, [t for row, history in zip(rows, histories)
+                                                    for t in history + ([row["output"]] if row["output"] else [])]))
     encoded = []
-    for row, prefix, history in zip(rows, prefixes, histories):
+    for row_number, (row, prefix) in enumerate(zip(rows, prefixes)):
         has_target = bool(row["output"])
-        ids = [next(items) for _ in range(len(history) + has_target)]
-        if item_tokens:  # each item as <item:ID> title eos; loss on the item token alone
-            ids = [[token] + title for token, title in zip(_row_item_tokens(row, has_target, item_tokens), ids)]
+        if not item_titles:  # each item as <item:ID> alone
+            ids = [[token] for token in _row_item_tokens(row, has_target, item_tokens)]
+        else:
+            ids = [next(items) for _ in range(len(histories[row_number]) + has_target)]
+            if item_tokens:  # each item as <item:ID> title eos; loss on the item token alone
+                ids = [[token] + title for token, title in zip(_row_item_tokens(row, has_target, item_tokens), ids)]
         total, first = len(prefix) + sum(map(len, ids)), 0
         while total > max_len and first < len(ids) - 1:
             total, first = total - len(ids[first]), first + 1
@@ -183,8 +194,9 @@ def prompt_ids(
     """The ids a model reads before it writes a row's next item, built as training built them, the
     oldest history titles dropped to fit `max_prompt_len`. Evaluation and serving use this."""
     blank = [dict(row, output="") for row in rows]
-    if format == "sequence":
-        return [e["input_ids"] for e in tokenize_sequence_rows(tokenizer, template, blank, max_prompt_len, titles)]
+    if format in SEQUENCE_FORMATS:
+        return [e["input_ids"] for e in tokenize_sequence_rows(tokenizer, template, blank, max_prompt_len, titles,
+                                                               item_titles=format == "sequence")]
     # An empty response still encodes as [eos]: budget for it, then cut it off.
     encoded = tokenize_rows(tokenizer, template, blank, max_prompt_len + 1, titles, format)
     return [e["input_ids"][:-1] for e in encoded]
@@ -296,7 +308,7 @@ def tokenize_split(
     )
     tokens.write_parquet(str(out_dir), mode=ray.data.SaveMode.OVERWRITE)  # no stale shards from an earlier run
     stats = shard_stats(out_dir)
-    if format == "sequence" and history_loss:
+    if format in SEQUENCE_FORMATS and history_loss:
         users = pc.count_distinct(pads.dataset(str(in_dir), format="parquet").to_table(columns=["user_id"])
                                   .column("user_id")).as_py()
         if users < stats["rows"]:

@@ -36,7 +36,7 @@ from genrec.data.templates import get_template
 from genrec.data.tokenize import tokenize_split
 from genrec.models import loading
 from genrec.models.loading import LoraSettings, TinySettings, save_checkpoint
-from genrec.runtime import init_ray
+from genrec.runtime import init_ray, worker_resources
 from genrec.train.batching import TokenRows
 from genrec.train.sft import STATE_FILE, load_state, train_loop
 
@@ -66,7 +66,8 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None, keep_checkpoints: i
         sft_worker,
         train_loop_config={"cfg": dataclasses.asdict(cfg), "out": str(out), "tokenizer_dir": str(tokenizer_dir),
                            "tokens": {k: str(v) for k, v in token_dirs.items()}},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(
             name=cfg.run_name or out.name,
             storage_path=str(out / "ray"),

@@ -37,7 +37,7 @@ import torch
 
 from genrec.config import RewardConfig, from_dict, save_config
 from genrec.jobs import reward as R
-from genrec.runtime import init_ray
+from genrec.runtime import init_ray, worker_resources
 
 log = logging.getLogger("genrec.reward")
 
@@ -72,7 +72,8 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None, keep_checkpoi
         reward_worker,
         train_loop_config={"cfg": dataclasses.asdict(cfg), "out": str(out), "data": str(data),
                            "tokenizer_dir": str(tokenizer_dir)},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(name=cfg.run_name or out.name, storage_path=str(out / "ray"),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints), callbacks=callbacks),
@@ -305,7 +306,8 @@ def reward_train_loop(cfg: RewardConfig, model, tokenizer, train: pd.DataFrame, 
         if step % cfg.log_every == 0 or step == total:
             elapsed = time.time() - started
             metrics.update(loss=window_loss / window_n, train_pairwise_acc=window_acc / window_n,
-                           lr=scheduler.get_last_lr()[0], pairs_per_s=window_n * world_size / max(elapsed, 1e-9))
+                           lr=scheduler.get_last_lr()[0], pairs_per_s=window_n * world_size / max(elapsed, 1e-9),
+                           torch_threads=torch.get_num_threads())
             if rank == 0:
                 log.info("step %d/%d loss %.4f acc %.3f lr %.2e %.0f pairs/s", step, total, metrics["loss"],
                          metrics["train_pairwise_acc"], metrics["lr"], metrics["pairs_per_s"])

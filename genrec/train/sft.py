@@ -375,6 +375,7 @@ class Window:
             "real_tokens_per_s": real / seconds,
             "real_fraction": real / computed,
             "step_s": seconds / self.steps,
+            "torch_threads": torch.get_num_threads(),  # a CPU worker's: its cpus_per_worker under Ray Train
         }
         self.reset()
         return metrics
