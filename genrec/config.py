@@ -389,6 +389,10 @@ class SFTConfig:
                          "rerunning with the same out_dir resumes from its last checkpoint")
     run_name: str = field("", "Ray Train run name (default: the out_dir's folder name)")
     valid_rows: int = field(2000, "validation rows used for the validation loss (the first N; 0 = all)")
+    valid_rank_users: int = field(
+        0, "item_tokens models: at every validation also rank the whole catalog for the first N validation "
+           "users (one softmax each) and log valid_hr@10 / valid_ndcg@10; best/ then keeps the highest HR@10 "
+           "instead of the lowest validation loss, which for such models stops improving long before HR@10 does")
     model: str = field("tiny", "'tiny' (offline Llama preset trained on the data's own text) or an HF model id / local path")
     vocab_size: int = field(4096, "tiny: BPE vocabulary size (may come out smaller on little text)")
     tiny_hidden: int = field(128, "tiny: hidden size")
@@ -477,6 +481,10 @@ class SFTConfig:
         if self.item_tokens and self.format == "prompt":
             raise ConfigError("item_tokens: needs format=sequence (each item written as its token, title and eos) "
                               "or format=item_ids (its token alone)")
+        if self.valid_rank_users < 0:
+            raise ConfigError(f"valid_rank_users: must be 0 or positive, got {self.valid_rank_users}")
+        if self.valid_rank_users and not self.item_tokens:
+            raise ConfigError("valid_rank_users: ranks by the item tokens; needs item_tokens=true")
         if self.format == "item_ids" and not self.item_tokens:
             raise ConfigError("format=item_ids: writes each item as its item token; set item_tokens=true")
         if self.item_tokens and self.lora:

@@ -5,6 +5,8 @@ Rows and prompts on a real prepared synthetic set; the one-pass ranking against 
 constrained beam search over the same items; `genrec train-sft item_tokens=true` on real Ray Train
 workers, then `genrec evaluate` and the recommender behind the HTTP API on its checkpoint.
 """
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -135,6 +137,8 @@ def test_item_tokens_config_needs_the_sequence_format_and_full_fine_tuning():
         SFTConfig(item_tokens=True, format="sequence", lora=True)
     with pytest.raises(ConfigError, match="item_ids: .*item_tokens=true"):
         SFTConfig(format="item_ids")
+    with pytest.raises(ConfigError, match="valid_rank_users: .*item_tokens=true"):
+        SFTConfig(format="sequence", valid_rank_users=100)
     assert SFTConfig(format="item_ids", item_tokens=True).item_tokens
 
 
@@ -150,11 +154,22 @@ def test_train_evaluate_and_serve_an_item_token_model_beats_most_popular(prepare
     out = root / f"sft_{format}"
     train_sft(SFTConfig(data_dir=str(root / "prepared"), out_dir=str(out), format=format, item_tokens=True,
                         max_len=512, micro_batch_tokens=4096, tiny_hidden=64, tiny_layers=2, tiny_heads=2,
-                        vocab_size=512, lr=3e-3, warmup_steps=5, max_steps=30, log_every=10, eval_every=30,
-                        save_every=0, valid_rows=100))
+                        vocab_size=512, lr=3e-3, warmup_steps=5, max_steps=30, log_every=10, eval_every=10,
+                        save_every=0, valid_rows=100, valid_rank_users=100))
     _, tokenizer, meta = load_checkpoint(out / "final", device="cpu")
     assert meta["config"]["item_tokens"] and len(item_token_ids(tokenizer)) == len(prepared["ids"])
     assert meta["config"]["format"] == format  # evaluation and serving build their prompts from it
+
+    # Ranking validation: every validation ranks the first 100 validation users; best/ keeps the
+    # highest HR@10, and `genrec evaluate` on those users with best/ gives that HR@10 again.
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    hr = {m["step"]: m["valid_hr@10"] for m in lines if "valid_loss" in m}
+    assert sorted(hr) == [0, 10, 20, 30] and max(hr.values()) > hr[0]
+    best = json.loads((out / "best" / "genrec.json").read_text())["metrics"]
+    assert best["valid_hr@10"] == max(hr.values()) and best["step"] == min(s for s in hr if hr[s] == best["valid_hr@10"])
+    again = evaluate(EvaluateConfig(data_dir=str(root / "prepared"), checkpoint_dir=str(out / "best"), split="valid",
+                                    max_users=100, out_dir=str(root / f"valid_{format}"), ks=[10]))
+    assert again["users"] == 100 and again["metrics"]["hr@10"] == pytest.approx(best["valid_hr@10"], abs=1e-9)
 
     report = evaluate(EvaluateConfig(data_dir=str(root / "prepared"), checkpoint_dir=str(out / "final"),
                                      out_dir=str(root / f"eval_{format}"), top_k=20, ks=[10, 20], batch_size=100))

@@ -174,7 +174,13 @@ def sft_worker(ctx: dict) -> None:
         if rank == 0:
             log.info("resuming from %s at step %d", checkpoint.path, resume["position"]["step"])
 
-    reporter = Reporter(cfg, model, tokenizer, out, rank)
+    ranking = None
+    if cfg.valid_rank_users:
+        from genrec.train.rank_validation import RankValidation
+
+        ranking = RankValidation(cfg.data_dir, data_template(Path(cfg.data_dir)), tokenizer, cfg.format, cfg.max_len,
+                                 cfg.valid_rank_users)
+    reporter = Reporter(cfg, model, tokenizer, out, rank, ranking)
     result = train_loop(cfg, model, train_rows, valid_rows, world_size=world_size, rank=rank,
                         resume_state=resume, report=reporter)
     final = {k: v for k, v in result.items() if isinstance(v, (int, float))}
@@ -223,21 +229,29 @@ def load_rows(path: str, limit: int = 0) -> TokenRows:
 
 class Reporter:
     """train_loop's `report` callback: metrics to Ray Train, checkpoints as HF directories plus the
-    resumable state, and the best model by validation loss kept in out_dir/best."""
+    resumable state, and the best model kept in out_dir/best: the lowest validation loss, or with
+    valid_rank_users the highest validation HR@10."""
 
-    def __init__(self, cfg: SFTConfig, model, tokenizer, out: Path, rank: int):
+    def __init__(self, cfg: SFTConfig, model, tokenizer, out: Path, rank: int, rank_validation=None):
         self.cfg, self.model, self.tokenizer, self.out, self.rank = cfg, model, tokenizer, out, rank
-        self.best = _recorded_valid_loss(out / BEST)
+        # best/ keeps the lowest validation loss, or with ranking validation the highest HR@10.
+        self.rank_validation = rank_validation
+        self.best_key, self.sign = ("valid_hr@10", -1) if rank_validation else ("valid_loss", 1)
+        self.best = _recorded_best(out / BEST, self.best_key, self.sign)
 
     def __call__(self, metrics: dict, state: dict | None) -> None:
         self._maybe_fail(metrics.get("step", 0))
         metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if "valid_loss" in metrics and self.rank_validation is not None:
+            model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+            metrics.update(self.rank_validation(model))
         if self.rank == 0:  # the plain log beside Ray's: one JSON line per report (repeats after a resume)
             with open(self.out / METRICS_FILE, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
-        # valid_loss is all-reduced, so every rank takes this branch together (FSDP gathers in it).
-        if "valid_loss" in metrics and metrics["valid_loss"] < self.best:
-            self.best = metrics["valid_loss"]
+        # valid_loss is all-reduced and every rank ranks the same users with the same weights, so
+        # every rank takes this branch together (FSDP gathers in it).
+        if self.best_key in metrics and self.sign * metrics[self.best_key] < self.sign * self.best:
+            self.best = metrics[self.best_key]
             self.export(self.out / BEST, metrics)
         if state is None:
             # ray.train.report is a barrier across workers (about 2 s a call measured here on CPU), so
@@ -275,8 +289,10 @@ class Reporter:
             os._exit(1)
 
 
-def _recorded_valid_loss(path: Path) -> float:
+def _recorded_best(path: Path, key: str, sign: int) -> float:
+    """The `key` metric of the model in `path` (a resumed run's best so far), else the worst value."""
+    worst = sign * float("inf")
     meta = path / "genrec.json"
     if meta.exists():
-        return json.loads(meta.read_text())["metrics"].get("valid_loss", float("inf"))
-    return float("inf")
+        return json.loads(meta.read_text())["metrics"].get(key, worst)
+    return worst
