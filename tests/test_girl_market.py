@@ -7,8 +7,7 @@
 - PPO from that generator against that reward model raises the learned reward on held-out CVs PPO
   never trains on, without gaming it: JD length and the hidden true fit hold.
 
-One market, one reward model and one generator for the module (trained side by side, about two
-minutes).
+One market, one reward model and one generator for the module (about two minutes of training).
 """
 import json
 
@@ -36,37 +35,24 @@ def market(ray_session, tmp_path_factory):
 def reward_config(root) -> RewardConfig:
     return RewardConfig(data_dir=str(root / "jobs"), out_dir=str(root / "rm"), backbone="tiny", vocab_size=1000,
                         tiny_hidden=64, tiny_layers=2, max_len=192, batch_size=32, lr=1e-3, warmup_steps=10,
-                        max_steps=300, log_every=50, eval_every=150, save_every=150, seed=0)
+                        max_steps=300, log_every=50, eval_every=150, save_every=150, seed=0, cpus_per_worker=2)
 
 
 @pytest.fixture(scope="module")
-def trained(market):
-    """The reward model and the generator, trained at the same time from two driver threads (as Tune
-    runs trials): each Ray Train run has one worker on one of the two CPUs, so the pair takes about
-    as long as the longer run instead of both one after the other."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from genrec.train.launch import train_sft
+def reward_model(market):
     from genrec.train.reward import train_reward
 
-    generator = SFTConfig(data_dir=str(market / "jobs" / "sft"), out_dir=str(market / "gen"), model="tiny",
-                          vocab_size=1000, tiny_hidden=96, tiny_layers=2, tiny_heads=4, max_len=384,
-                          micro_batch_tokens=2048, lr=2e-3, warmup_steps=10, max_steps=600, eval_every=300,
-                          save_every=1000, log_every=100, num_workers=1)
-    with ThreadPoolExecutor(2) as pool:
-        runs = {"reward_model": pool.submit(train_reward, reward_config(market)),
-                "generator": pool.submit(train_sft, generator)}
-        return {name: run.result() for name, run in runs.items()}
+    return train_reward(reward_config(market))
 
 
 @pytest.fixture(scope="module")
-def reward_model(trained):
-    return trained["reward_model"]
+def generator(market):
+    from genrec.train.launch import train_sft
 
-
-@pytest.fixture(scope="module")
-def generator(trained):
-    return trained["generator"]
+    return train_sft(SFTConfig(data_dir=str(market / "jobs" / "sft"), out_dir=str(market / "gen"), model="tiny",
+                               vocab_size=1000, tiny_hidden=96, tiny_layers=2, tiny_heads=4, max_len=384,
+                               micro_batch_tokens=2048, lr=2e-3, warmup_steps=10, max_steps=600, eval_every=300,
+                               save_every=1000, log_every=100, num_workers=1, cpus_per_worker=2))
 
 
 def spearman(a, b) -> float:
@@ -95,8 +81,8 @@ def test_reward_model_learns_the_fit_and_resumes(market, reward_model):
 
     # A rerun with the same out_dir resumes from the last checkpoint (the finished step): no step trains again.
     lines = (market / "rm" / "metrics.jsonl").read_text().splitlines()
-    # One CPU reserved (the default cpus_per_worker), so one torch thread: the generator had the other CPU.
-    assert {json.loads(line)["torch_threads"] for line in lines if "loss" in json.loads(line)} == {1}
+    # The worker trained on both CPUs it reserved (cpus_per_worker=2; Ray's default would give it one thread).
+    assert {json.loads(line)["torch_threads"] for line in lines if "loss" in json.loads(line)} == {2}
     train_reward(reward_config(market))
     assert (market / "rm" / "metrics.jsonl").read_text().splitlines() == lines
     assert json.loads((market / "rm" / "final" / "genrec.json").read_text())["train"]["step"] == 300
