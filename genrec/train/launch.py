@@ -236,8 +236,8 @@ class Reporter:
         self.cfg, self.model, self.tokenizer, self.out, self.rank = cfg, model, tokenizer, out, rank
         # best/ keeps the lowest validation loss, or with ranking validation the highest HR@10.
         self.rank_validation = rank_validation
-        self.best_key, self.sign = ("valid_hr@10", -1) if rank_validation else ("valid_loss", 1)
-        self.best = _recorded_best(out / BEST, self.best_key, self.sign)
+        self.best_key, self.higher_is_better = ("valid_hr@10", True) if rank_validation else ("valid_loss", False)
+        self.best = _recorded_best(out / BEST, self.best_key, self.higher_is_better)
 
     def __call__(self, metrics: dict, state: dict | None) -> None:
         self._maybe_fail(metrics.get("step", 0))
@@ -250,7 +250,7 @@ class Reporter:
                 f.write(json.dumps(metrics) + "\n")
         # valid_loss is all-reduced and every rank ranks the same users with the same weights, so
         # every rank takes this branch together (FSDP gathers in it).
-        if self.best_key in metrics and self.sign * metrics[self.best_key] < self.sign * self.best:
+        if self.best_key in metrics and self._improves(metrics[self.best_key]):
             self.best = metrics[self.best_key]
             self.export(self.out / BEST, metrics)
         if state is None:
@@ -275,6 +275,9 @@ class Reporter:
             model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
             save_checkpoint(path, model, self.tokenizer, "sft", dataclasses.asdict(self.cfg), metrics, state_dict=weights)
 
+    def _improves(self, value: float) -> bool:
+        return value > self.best if self.higher_is_better else value < self.best
+
     def _maybe_fail(self, step: int) -> None:
         """Test hook: exit this worker process once at `fail_at_step`, as a crash would.
 
@@ -289,9 +292,9 @@ class Reporter:
             os._exit(1)
 
 
-def _recorded_best(path: Path, key: str, sign: int) -> float:
+def _recorded_best(path: Path, key: str, higher_is_better: bool) -> float:
     """The `key` metric of the model in `path` (a resumed run's best so far), else the worst value."""
-    worst = sign * float("inf")
+    worst = -float("inf") if higher_is_better else float("inf")
     meta = path / "genrec.json"
     if meta.exists():
         return json.loads(meta.read_text())["metrics"].get(key, worst)
