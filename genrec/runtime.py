@@ -1,7 +1,9 @@
 """Starting or joining Ray, the same way for every stage."""
 from __future__ import annotations
 
+import dataclasses
 import os
+from pathlib import Path
 
 import ray
 
@@ -44,6 +46,17 @@ def worker_resources(cfg) -> dict:
     with use_gpu. Ray sets a worker's OMP_NUM_THREADS, and so torch's thread count, to its CPUs:
     with Ray's default of one CPU a worker trains on one core however many its node has."""
     return {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+
+
+def for_train_workers(cfg, *path_fields: str):
+    """`cfg` with the named fields made absolute where they name a path on this machine.
+
+    Ray Train starts every worker in a folder of its own (the run's artifacts folder), so a relative
+    `data_dir` from a config or the command line names nothing there. A hub id names no path here and
+    stays as written (callers leave preset names such as `tiny` out)."""
+    absolute = {name: str(Path(getattr(cfg, name)).resolve()) for name in path_fields
+                if getattr(cfg, name) and Path(getattr(cfg, name)).exists()}
+    return dataclasses.replace(cfg, **absolute)
 
 
 def quiet_ray_data() -> None:

@@ -57,3 +57,18 @@ def test_cli_help_lists_fields_and_errors_name_the_key(capsys):
     assert out.returncode == 0 and "micro_batch_tokens" in out.stdout and "strategy" in out.stdout
     assert main(["prepare", "history_len=abc"]) == 2
     assert "history_len" in capsys.readouterr().err
+
+
+def test_paths_handed_to_train_workers_are_absolute_and_hub_ids_stay(tmp_path, monkeypatch):
+    """Ray Train runs each worker in a folder of its own: relative paths must not reach it."""
+    from genrec.runtime import for_train_workers
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "my-base").mkdir()
+    cfg = for_train_workers(SFTConfig(data_dir="prepared", model="my-base", out_dir="runs/x"),
+                            "data_dir", "model", "out_dir")
+    assert cfg.data_dir == str(tmp_path / "prepared") and cfg.model == str(tmp_path / "my-base")
+    assert cfg.out_dir == "runs/x"  # names nothing here yet: as written (the driver creates it first)
+    hub = for_train_workers(SFTConfig(model="Qwen/Qwen2-0.5B"), "model")
+    assert hub.model == "Qwen/Qwen2-0.5B"

@@ -143,7 +143,7 @@ def test_item_tokens_config_needs_the_sequence_format_and_full_fine_tuning():
 
 
 @pytest.mark.parametrize("format", ["sequence", "item_ids"])
-def test_train_evaluate_and_serve_an_item_token_model_beats_most_popular(prepared, format):
+def test_train_evaluate_and_serve_an_item_token_model_beats_most_popular(prepared, format, monkeypatch):
     from genrec.config import RecommenderServeConfig
     from genrec.models.loading import load_checkpoint
     from genrec.rec.evaluate import evaluate
@@ -152,7 +152,11 @@ def test_train_evaluate_and_serve_an_item_token_model_beats_most_popular(prepare
 
     root = prepared["root"]
     out = root / f"sft_{format}"
-    train_sft(SFTConfig(data_dir=str(root / "prepared"), out_dir=str(out), format=format, item_tokens=True,
+    # data_dir relative to the working directory, as configs/ write it. Ray Train workers run in a
+    # folder of their own and read it for the ranking validation (a relative path once failed there);
+    # Ray Data's workers kept the directory Ray started in, here not the one changed to below.
+    monkeypatch.chdir(root)
+    train_sft(SFTConfig(data_dir="prepared", out_dir=str(out), format=format, item_tokens=True,
                         max_len=512, micro_batch_tokens=4096, tiny_hidden=64, tiny_layers=2, tiny_heads=2,
                         vocab_size=512, lr=3e-3, warmup_steps=5, max_steps=30, log_every=10, eval_every=10,
                         save_every=0, valid_rows=100, valid_rank_users=100))

@@ -36,7 +36,7 @@ from genrec.data.templates import get_template
 from genrec.data.tokenize import tokenize_split
 from genrec.models import loading
 from genrec.models.loading import LoraSettings, TinySettings, save_checkpoint
-from genrec.runtime import init_ray, worker_resources
+from genrec.runtime import for_train_workers, init_ray, worker_resources
 from genrec.train.batching import TokenRows
 from genrec.train.sft import STATE_FILE, load_state, train_loop
 
@@ -46,8 +46,8 @@ TEMPLATE = "genrec"
 FAILED_ONCE = ".failed_once"  # marker for the fail_at_step test hook
 METRICS_FILE = "metrics.jsonl"
 FINAL, BEST = "final", "best"
-SOURCE_FILE = "genrec_source.json"
-HEALTH_CHECK_INTERVAL_S = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0))  # what the tokenizer and token shards were built from
+SOURCE_FILE = "genrec_source.json"  # what the tokenizer and token shards were built from
+HEALTH_CHECK_INTERVAL_S = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0))
 
 
 # ------------------------------------------------------------------------------------ the driver
@@ -58,6 +58,7 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None, keep_checkpoints: i
     init_ray()
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    cfg = for_train_workers(cfg, "data_dir", "out_dir", *(["model"] if cfg.model != "tiny" else []))
     save_config(cfg, out / "config.yaml")
     tokenizer_dir = build_tokenizer(cfg, out)
     token_dirs = tokenize_splits(cfg, out, tokenizer_dir)

@@ -37,7 +37,7 @@ import torch
 
 from genrec.config import RewardConfig, from_dict, save_config
 from genrec.jobs import reward as R
-from genrec.runtime import init_ray, worker_resources
+from genrec.runtime import for_train_workers, init_ray, worker_resources
 
 log = logging.getLogger("genrec.reward")
 
@@ -61,6 +61,8 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None, keep_checkpoi
     init_ray()
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    local_backbone = [] if cfg.backbone in ("tiny", "minilm", "tfidf") else ["backbone"]  # else a path or hub id
+    cfg = for_train_workers(cfg, "data_dir", "out_dir", *local_backbone)
     save_config(cfg, out / "config.yaml")
     data = Path(cfg.data_dir).resolve()
     if not (data / "pairs" / "train.parquet").exists():
