@@ -38,6 +38,8 @@ from genrec.models import loading
 from genrec.models.loading import LoraSettings, TinySettings, save_checkpoint
 from genrec.runtime import for_train_workers, init_ray, worker_resources
 from genrec.train.batching import TokenRows
+from genrec.train.rank_validation import KEY as RANK_KEY
+from genrec.train.rank_validation import RankValidation
 from genrec.train.sft import STATE_FILE, load_state, train_loop
 
 log = logging.getLogger("genrec.train")
@@ -177,8 +179,6 @@ def sft_worker(ctx: dict) -> None:
 
     ranking = None
     if cfg.valid_rank_users:
-        from genrec.train.rank_validation import RankValidation
-
         ranking = RankValidation(cfg.data_dir, data_template(Path(cfg.data_dir)), tokenizer, cfg.format, cfg.max_len,
                                  cfg.valid_rank_users)
     reporter = Reporter(cfg, model, tokenizer, out, rank, ranking)
@@ -235,9 +235,8 @@ class Reporter:
 
     def __init__(self, cfg: SFTConfig, model, tokenizer, out: Path, rank: int, rank_validation=None):
         self.cfg, self.model, self.tokenizer, self.out, self.rank = cfg, model, tokenizer, out, rank
-        # best/ keeps the lowest validation loss, or with ranking validation the highest HR@10.
         self.rank_validation = rank_validation
-        self.best_key, self.higher_is_better = ("valid_hr@10", True) if rank_validation else ("valid_loss", False)
+        self.best_key, self.higher_is_better = (RANK_KEY, True) if rank_validation else ("valid_loss", False)
         self.best = _recorded_best(out / BEST, self.best_key, self.higher_is_better)
 
     def __call__(self, metrics: dict, state: dict | None) -> None:
