@@ -159,6 +159,8 @@ class PrepareJobsConfig:
 class RewardConfig:
     """Reward model on preference rows: a scalar head on a backbone, pairwise loss, Ray Train."""
 
+    INPUT_PATHS: typing.ClassVar[tuple[str, ...]] = ("data_dir", "backbone")
+
     data_dir: str = field("runs/jobs", "folder from `genrec prepare-jobs` (pairs/, interactions/)")
     out_dir: str = field("runs/reward", "output folder: tokenizer, Ray checkpoints, final/ (the reward model), "
                          "metrics.json, calibration.md/.png; rerunning with the same out_dir resumes")
@@ -234,6 +236,20 @@ class EvaluateJobsConfig:
 
 
 # ---------------------------------------------------------------------------------------- loading
+# Model names that are presets, never paths (even where a folder of that name exists).
+PRESET_MODELS = ("tiny", "minilm", "tfidf")
+
+
+def absolute_input_paths(cls: type, values: dict) -> dict:
+    """The entries of `values` that `cls.INPUT_PATHS` names, made absolute where they name a file or
+    folder on this machine; presets and hub ids name none and are left out (they stay as written).
+
+    Ray Train starts each worker, and Tune each trial, in a folder of its own: a relative path from a
+    config or the command line must be resolved where the user wrote it, before either starts."""
+    return {name: str(Path(values[name]).resolve()) for name in getattr(cls, "INPUT_PATHS", ())
+            if values.get(name) and values[name] not in PRESET_MODELS and Path(values[name]).exists()}
+
+
 def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None):
     """Build `cls` from an optional YAML file, then apply `key=value` overrides (dotted for nesting)."""
     data: dict[str, Any] = {}
@@ -383,6 +399,8 @@ def save_config(config: Any, path: str | Path) -> None:
 @dataclasses.dataclass
 class SFTConfig:
     """Supervised fine-tuning on token shards: next-token loss on response tokens only."""
+
+    INPUT_PATHS: typing.ClassVar[tuple[str, ...]] = ("data_dir", "model")
 
     data_dir: str = field("runs/prepared", "prepared prompts from `genrec prepare`: train/ valid/ catalog.parquet")
     out_dir: str = field("runs/sft", "output folder: tokenizer, token shards, Ray checkpoints, best/ and final/ HF models; "
@@ -584,6 +602,8 @@ class TuneConfig:
 @dataclasses.dataclass
 class PPOConfig:
     """PPO on Ray actors: rollout workers, a frozen reference, a reward scorer and a learner."""
+
+    INPUT_PATHS: typing.ClassVar[tuple[str, ...]] = ("policy_dir", "prompts_path", "truth_path", "reward_path")
 
     policy_dir: str = field("runs/sft/jobs/final", "HF-format generator checkpoint from `genrec train-sft` "
                             "(full model or LoRA adapter); it is also the frozen reference policy")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import ray
 
+from genrec.config import absolute_input_paths
+
 # Ray Train's controller polls its workers this often (Ray's default: 2 s), and a run ends only at
 # the poll after its workers finish: on a laptop that is seconds of every short run. A local
 # session polls its few workers more often; a cluster keeps whatever its environment says.
@@ -48,14 +50,14 @@ def worker_resources(cfg) -> dict:
     return {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
 
 
-def for_train_workers(cfg, *path_fields: str):
-    """`cfg` with the named fields made absolute where they name a path on this machine.
-
-    Ray Train starts every worker in a folder of its own (the run's artifacts folder), so a relative
-    `data_dir` from a config or the command line names nothing there. A hub id names no path here and
-    stays as written (callers leave preset names such as `tiny` out)."""
-    absolute = {name: str(Path(getattr(cfg, name)).resolve()) for name in path_fields
-                if getattr(cfg, name) and Path(getattr(cfg, name)).exists()}
+def for_train_workers(cfg):
+    """`cfg` with its input paths (config.absolute_input_paths) and an existing out_dir made absolute:
+    Ray Train starts every worker in a folder of its own (the run's artifacts folder), where a
+    relative `data_dir` names nothing."""
+    values = dataclasses.asdict(cfg)
+    absolute = absolute_input_paths(type(cfg), values)
+    if Path(cfg.out_dir).exists():
+        absolute["out_dir"] = str(Path(cfg.out_dir).resolve())
     return dataclasses.replace(cfg, **absolute)
 
 

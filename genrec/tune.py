@@ -31,8 +31,8 @@ import pandas as pd
 import ray
 import yaml
 
-from genrec.config import (ConfigError, PPOConfig, PrepareConfig, RewardConfig, SFTConfig, TuneConfig, from_dict,
-                           load_config, save_config)
+from genrec.config import (ConfigError, PPOConfig, PrepareConfig, RewardConfig, SFTConfig, TuneConfig,
+                           absolute_input_paths, from_dict, load_config, save_config)
 from genrec.runtime import init_ray, worker_resources
 
 log = logging.getLogger("genrec.tune")
@@ -132,7 +132,6 @@ class Stage:
     metric: str = "valid_loss"  # in every report: ASHA prunes on it, metric=valid picks the best by it
     mode: str = "min"
     x: str = "step"  # the metrics.jsonl key of a report's position (plots; finished or stopped early)
-    path_keys: tuple = ("data_dir",)  # input paths, made absolute: a trial runs in its own folder
     best_dir: str = "best"  # the trial's model that the best-config row points at
     resources: Callable[[Any], dict] = train_workers  # what one trial holds besides its driver
     # Bundles of the trial's own placement group for actors it starts itself (a TorchTrainer's
@@ -149,8 +148,7 @@ STAGES: dict[str, Stage] = {
                     best_dir="final", final_x=reward_final_step, pick_last=True),
     # The learned reward is what PPO maximises; on the synthetic market `true_fit` is also in every
     # report and results row, to catch a trial that games the reward model.
-    "ppo": Stage(PPOConfig, fit_ppo, metric="reward_mean", mode="max", x="iteration",
-                 path_keys=("policy_dir", "prompts_path", "truth_path", "reward_path"), best_dir="final",
+    "ppo": Stage(PPOConfig, fit_ppo, metric="reward_mean", mode="max", x="iteration", best_dir="final",
                  resources=ppo_resources, bundles=ppo_bundles, final_x=ppo_final_iteration, pick_last=True),
 }
 
@@ -176,6 +174,16 @@ def search_domain(key: str, spec: Any):
     if not isinstance(args, list) or len(args) != 2:
         raise ConfigError(f"search_space.{key}.{kind}: expected [low, high], got {args!r}")
     return makers[kind](*(float(a) if kind != "randint" else int(a) for a in args))
+
+
+def absolute_listed_paths(config_cls: type, key: str, spec: Any) -> Any:
+    """A search-space entry with its choice/grid values made absolute where `key` is an input path."""
+    if key not in getattr(config_cls, "INPUT_PATHS", ()) or not isinstance(spec, dict) or len(spec) != 1:
+        return spec
+    (kind, args), = spec.items()
+    if kind not in ("choice", "grid") or not isinstance(args, list):
+        return spec
+    return {kind: [absolute_input_paths(config_cls, {key: value}).get(key, value) for value in args]}
 
 
 def listed_values(key: str, spec: Any) -> list:
@@ -204,10 +212,11 @@ def tune(cfg: TuneConfig) -> dict:
     save_config(cfg, out / "config.yaml")
     base = dict(yaml.safe_load(Path(cfg.base_config).read_text()) or {}) if cfg.base_config else {}
     base.update(cfg.base)
-    for key in stage.path_keys:  # Tune starts each trial in its trial folder: relative paths would miss
-        if base.get(key):
-            base[key] = str(Path(base[key]).resolve())
-    unknown = sorted(set(cfg.search_space) - {f.name for f in dataclasses.fields(stage.config_cls)} - set(PREPARE_KEYS))
+    # Tune starts each trial in its trial folder: relative input paths are resolved here, in base
+    # and in the values a search space lists.
+    base.update(absolute_input_paths(stage.config_cls, base))
+    search_space = {key: absolute_listed_paths(stage.config_cls, key, spec) for key, spec in cfg.search_space.items()}
+    unknown = sorted(set(search_space) - {f.name for f in dataclasses.fields(stage.config_cls)} - set(PREPARE_KEYS))
     if unknown:
         raise ConfigError(f"search_space: {unknown[0]!r} is not a key of {stage.config_cls.__name__}")
     base_cfg = from_dict(stage.config_cls, base)  # a bad base fails here, not in every trial
@@ -226,7 +235,7 @@ def tune(cfg: TuneConfig) -> dict:
     param_space = {
         "stage": cfg.stage, "base": base, "trials_dir": str(out / "trials"), "data_dirs": data_dirs,
         "token_cache": token_cache, "hr_users": cfg.hr_users,
-        "params": {key: search_domain(key, spec) for key, spec in cfg.search_space.items()},
+        "params": {key: search_domain(key, spec) for key, spec in search_space.items()},
     }
     tuner = ray_tune.Tuner(
         ray_tune.with_resources(run_trial, trial_placement),

@@ -5,7 +5,8 @@ import sys
 import pytest
 
 from genrec.cli import main
-from genrec.config import ConfigError, PrepareConfig, SFTConfig, SynthInteractionsConfig, describe, load_config
+from genrec.config import (ConfigError, PPOConfig, PrepareConfig, RewardConfig, SFTConfig, SynthInteractionsConfig,
+                           describe, load_config)
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -66,9 +67,33 @@ def test_paths_handed_to_train_workers_are_absolute_and_hub_ids_stay(tmp_path, m
     monkeypatch.chdir(tmp_path)
     (tmp_path / "prepared").mkdir()
     (tmp_path / "my-base").mkdir()
-    cfg = for_train_workers(SFTConfig(data_dir="prepared", model="my-base", out_dir="runs/x"),
-                            "data_dir", "model", "out_dir")
+    cfg = for_train_workers(SFTConfig(data_dir="prepared", model="my-base", out_dir="runs/x"))
     assert cfg.data_dir == str(tmp_path / "prepared") and cfg.model == str(tmp_path / "my-base")
     assert cfg.out_dir == "runs/x"  # names nothing here yet: as written (the driver creates it first)
-    hub = for_train_workers(SFTConfig(model="Qwen/Qwen2-0.5B"), "model")
+    hub = for_train_workers(SFTConfig(model="Qwen/Qwen2-0.5B"))
     assert hub.model == "Qwen/Qwen2-0.5B"
+    (tmp_path / "tiny").mkdir()  # a folder named like the preset does not turn the preset into a path
+    assert for_train_workers(SFTConfig(model="tiny")).model == "tiny"
+    reward = for_train_workers(RewardConfig(data_dir="prepared", backbone="my-base", out_dir="prepared"))
+    assert (reward.data_dir, reward.backbone, reward.out_dir) == (str(tmp_path / "prepared"),
+                                                                  str(tmp_path / "my-base"), str(tmp_path / "prepared"))
+
+
+def test_tune_resolves_input_paths_in_base_and_search_space_lists(tmp_path, monkeypatch):
+    """A Tune trial runs in its trial folder: a relative model or data_dir, in base or among a search
+    space's choices, must be made absolute by the driver (non-path values stay)."""
+    from genrec.config import absolute_input_paths
+    from genrec.tune import absolute_listed_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base_a").mkdir()
+    (tmp_path / "prepared").mkdir()
+    base = {"data_dir": "prepared", "model": "base_a", "lr": 1e-3}
+    assert absolute_input_paths(SFTConfig, base) == {"data_dir": str(tmp_path / "prepared"),
+                                                     "model": str(tmp_path / "base_a")}
+    spec = {"choice": ["base_a", "tiny", "Qwen/Qwen2-0.5B"]}
+    assert absolute_listed_paths(SFTConfig, "model", spec) == {"choice": [str(tmp_path / "base_a"), "tiny",
+                                                                          "Qwen/Qwen2-0.5B"]}
+    assert absolute_listed_paths(SFTConfig, "lr", {"choice": ["base_a"]}) == {"choice": ["base_a"]}  # not a path key
+    ppo = absolute_input_paths(PPOConfig, {"policy_dir": "base_a", "reward_path": "missing", "truth_path": ""})
+    assert ppo == {"policy_dir": str(tmp_path / "base_a")}

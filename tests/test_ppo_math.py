@@ -200,6 +200,12 @@ def test_rollout_log_probs_equal_the_models_forward(index, fused):
     out = gen.generate(prompts, max_new_tokens=10, temperature=0.7, top_p=0.9, seed=3)
     again = gen.generate(prompts, max_new_tokens=10, temperature=0.7, top_p=0.9, seed=3)
     assert torch.equal(out.tokens, again.tokens)  # a seed repeats the draw
+    _assert_log_probs_are_the_models(model, prompts, out, temperature=0.7)
+
+
+def _assert_log_probs_are_the_models(model, prompts, out, temperature):
+    """Each row ends at its first EOS (id 2) or runs to the limit, is padded (id 0) after it, and its
+    log-probs are those of the model's own forward pass; some row stopped at EOS."""
     for row, prompt in enumerate(prompts):
         n = int(out.mask[row].sum())
         tokens = out.tokens[row, :n]
@@ -208,9 +214,51 @@ def test_rollout_log_probs_equal_the_models_forward(index, fused):
         assert (out.tokens[row, n:] == 0).all() and (out.logp[row, n:] == 0).all()
         with torch.no_grad():
             logits = model(torch.tensor([prompt + tokens.tolist()])).logits[0, len(prompt) - 1: len(prompt) - 1 + n]
-        expected = ppo.token_log_probs(logits[None] / 0.7, tokens[None])[0]
+        expected = ppo.token_log_probs(logits[None] / temperature, tokens[None])[0]
         assert torch.allclose(out.logp[row, :n], expected, atol=1e-4)
     assert bool(out.eos.any())
+
+
+class _RerunGraph:
+    """A CUDA graph stand-in on a CPU: replay reruns the captured step on the same static buffers."""
+
+    def __init__(self, step, static):
+        for _ in range(2):  # the warm-up steps, on copies, as the real capture runs them
+            step({name: buffer.clone() for name, buffer in static.items()})
+        self.replay = lambda: step(static)
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["llama", "qwen2-gqa"])
+def test_cuda_graph_decode_path_emulated_on_cpu_samples_what_the_eager_step_does(index, monkeypatch):
+    """The GPU rollout path (decode steps replayed from one capture over static buffers, plain-op
+    attention over the whole rounded-up cache) run here with a stand-in for the graph: a step that
+    read or wrote state outside the static buffers, or attended to an unwritten column, would make
+    it differ from the eager step. Real CUDA graphs run in bench/gpu_ppo_rollout.sh."""
+    from genrec.rl import rollout
+
+    monkeypatch.setattr(rollout.RolloutGenerator, "_replays_graphs", lambda self, device: self.use_cuda_graph)
+    monkeypatch.setattr(rollout.RolloutGenerator, "_one_op_attention", lambda self, device: False)
+    monkeypatch.setattr(rollout, "_capture_cuda_graph", _RerunGraph)
+    monkeypatch.setattr(torch.cuda, "manual_seed", torch.manual_seed)  # the graph path's generator is the default one
+    model = _models()[index]
+    with torch.no_grad():  # make EOS likely so some rows stop early
+        model.lm_head.weight[2] += 0.8 * model.lm_head.weight.norm(dim=1).mean() / model.lm_head.weight[2].norm()
+    graphed = rollout.RolloutGenerator(model, pad_id=0, eos_id=2, compile_cpu=False)
+    eager = rollout.RolloutGenerator(model, pad_id=0, eos_id=2, cuda_graph=False, compile_cpu=False)
+    prompts = [[1, 5, 6, 7], [1, 9], [1, 3, 4, 5, 6, 7, 8, 9, 10]]
+    first = graphed.generate(prompts, max_new_tokens=12, temperature=0.7, top_p=0.9, seed=3)  # captures
+    assert list(graphed._graphs) == [(3, 256, 0.7, 0.9)]  # batch, cache rounded up to 256 columns
+    _assert_log_probs_are_the_models(model, prompts, first, temperature=0.7)
+    # Replays draw the tokens the eager step draws for a seed, the capturing call included; a
+    # narrower prompt batch fits the same 256-column cache and replays the same graph.
+    again = graphed.generate(prompts, max_new_tokens=12, temperature=0.7, top_p=0.9, seed=3)
+    narrow = [[1, 9, 4], [1, 2, 8], [1, 7, 7]]
+    narrower = graphed.generate(narrow, max_new_tokens=12, temperature=0.7, top_p=0.9, seed=4)
+    for seed, batch, out in ((3, prompts, first), (3, prompts, again), (4, narrow, narrower)):
+        expected = eager.generate(batch, max_new_tokens=12, temperature=0.7, top_p=0.9, seed=seed)
+        assert torch.equal(out.tokens, expected.tokens) and torch.equal(out.mask, expected.mask)
+        assert torch.equal(out.eos, expected.eos) and torch.allclose(out.logp, expected.logp, atol=1e-5)
+    assert len(graphed._graphs) == 1
 
 
 @pytest.mark.parametrize("index,top_p,prompts", [(0, 1.0, [[1, 5, 6, 7], [1, 9], [1, 3, 4, 5, 6, 7, 8, 9, 10]]),

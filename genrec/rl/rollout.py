@@ -178,14 +178,7 @@ class RolloutGenerator:
         device, batch = self.device, len(prompts)
         width = max(len(p) for p in prompts)
         total = width + max_new_tokens
-        graphs = self.use_cuda_graph and device.type == "cuda"
-        generator = None
-        if seed is not None:
-            if graphs:
-                torch.cuda.manual_seed(seed)
-            else:
-                generator = torch.Generator(device=device).manual_seed(seed)
-
+        graphs = self._replays_graphs(device)
         ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
         valid = torch.zeros((batch, width), dtype=torch.bool)
         for row, prompt in enumerate(prompts):
@@ -203,6 +196,14 @@ class RolloutGenerator:
         cache_len = _round_up(total, 256) if graphs else (_round_up(total, 16) | 16 if compiled else total)
         cache_k, cache_v = self._cache_for(batch, cache_len, reuse_longer=compiled)
         self._rope_for(cache_len)
+        if graphs:  # capture first: its warm-up steps draw random numbers, and must not shift a seed's draw
+            self._graph_for(batch, cache_len, temperature, top_p)
+        generator = None
+        if seed is not None:
+            if graphs:
+                torch.cuda.manual_seed(seed)
+            else:
+                generator = torch.Generator(device=device).manual_seed(seed)
         if device.type == "cpu" and self._fused is not None:
             self._pack_cpu_weights(batch)
             logits = packed_linear(self._prefill_packed(ids, positions, valid), self.lm.lm_head.weight,
@@ -244,7 +245,7 @@ class RolloutGenerator:
         key_valid[:, :width] = valid
         state = dict(state, key_valid=key_valid)
         graph = None
-        if self.use_cuda_graph and device.type == "cuda":  # the graph's own buffers are the state: no copies per step
+        if self._replays_graphs(device):  # the graph's own buffers are the state: no copies per step
             graph, static = self._graph_for(batch, cache_len, temperature, top_p)
             for name in ("token", "logp", "position", "column", "key_valid"):
                 static[name].copy_(state[name])
@@ -317,6 +318,16 @@ class RolloutGenerator:
         return finished
 
     # ------------------------------------------------------------------------------ pieces
+    def _replays_graphs(self, device: torch.device) -> bool:
+        """Whether decode steps 1.. replay one captured CUDA graph (`_graph_for`)."""
+        return self.use_cuda_graph and device.type == "cuda"
+
+    def _one_op_attention(self, device: torch.device) -> bool:
+        """Whether `_decode_step` attends with one fused op (on a CPU, where the op count is the
+        step's cost) rather than plain matmul/softmax ops, which CUDA graphs capture whatever
+        attention kernels the build has."""
+        return device.type == "cpu"
+
     def _runs_compiled(self, device: torch.device) -> bool:
         """Whether this call steps through `_compiled_decode` (after `_refresh_fused`)."""
         if not (self.compile_cpu and device.type == "cpu" and self._fused is not None):
@@ -495,10 +506,10 @@ class RolloutGenerator:
             cache_k[i].index_copy_(2, column, k)
             cache_v[i].index_copy_(2, column, v)
             keys, values = cache_k[i, :, :, :kv_len], cache_v[i, :, :, :kv_len]
-            if token.device.type == "cpu":  # one fused op: on a CPU the op count is the step's cost
+            if self._one_op_attention(token.device):
                 out = F.scaled_dot_product_attention(q, keys, values, attn_mask=key_mask, scale=self.scaling,
                                                      enable_gqa=rep > 1).reshape(b, 1, self.num_heads * d)
-            else:  # plain ops that CUDA graphs capture whatever attention kernels the build has
+            else:
                 q = q.reshape(b, hkv, rep, d)
                 scores = torch.matmul(q, keys.transpose(-1, -2)).float() * self.scaling
                 weights = torch.softmax(scores.masked_fill(~key_mask, float("-inf")), dim=-1).to(values.dtype)
@@ -528,22 +539,30 @@ class RolloutGenerator:
                           position=torch.zeros(batch, dtype=torch.long, device=device),
                           column=torch.full((1,), cache_len - 1, dtype=torch.long, device=device),
                           key_valid=torch.zeros((batch, cache_len), dtype=torch.bool, device=device))
-            # Warm up on a side stream (as torch.cuda.graphs asks), then capture one step. This runs
-            # after the prefill, so the dummy steps write their K/V into the LAST cache column: no
-            # row attends to a column before a real step has written it (key_valid), and the caller
-            # copies the real state into the buffers afterwards.
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    warm = {k: v.clone() for k, v in static.items()}
-                    self._decode_step(warm, cache_k, cache_v, temperature, top_p, None, kv_len=cache_len)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._decode_step(static, cache_k, cache_v, temperature, top_p, None, kv_len=cache_len)
+            # The warm-up steps write their K/V into the LAST cache column, which neither the prefill
+            # nor any real step writes (the cache has at least one column more than a call needs),
+            # and no row attends to a column before a real step has written it (key_valid); the
+            # caller copies the real state into the buffers before the first replay.
+            graph = _capture_cuda_graph(
+                lambda state: self._decode_step(state, cache_k, cache_v, temperature, top_p, None, kv_len=cache_len),
+                static)
             self._graphs[key] = (graph, static)
         return self._graphs[key]
+
+
+def _capture_cuda_graph(step, static: dict) -> torch.cuda.CUDAGraph:
+    """`step(static)` captured as a CUDA graph, after two warm-up steps on copies of the buffers on a
+    side stream (as torch.cuda.graphs asks). Replaying the graph runs the step's kernels on `static`."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            step({name: buffer.clone() for name, buffer in static.items()})
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(static)
+    return graph
 
 
 def _rng_state(generator: torch.Generator | None) -> torch.Tensor:

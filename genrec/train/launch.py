@@ -60,7 +60,7 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None, keep_checkpoints: i
     init_ray()
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    cfg = for_train_workers(cfg, "data_dir", "out_dir", *(["model"] if cfg.model != "tiny" else []))
+    cfg = for_train_workers(cfg)
     save_config(cfg, out / "config.yaml")
     tokenizer_dir = build_tokenizer(cfg, out)
     token_dirs = tokenize_splits(cfg, out, tokenizer_dir)

@@ -61,8 +61,7 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None, keep_checkpoi
     init_ray()
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    local_backbone = [] if cfg.backbone in ("tiny", "minilm", "tfidf") else ["backbone"]  # else a path or hub id
-    cfg = for_train_workers(cfg, "data_dir", "out_dir", *local_backbone)
+    cfg = for_train_workers(cfg)
     save_config(cfg, out / "config.yaml")
     data = Path(cfg.data_dir).resolve()
     if not (data / "pairs" / "train.parquet").exists():
