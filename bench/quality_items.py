@@ -129,13 +129,13 @@ def stage_run(args) -> None:
                          bos_token_id=tokenizer.bos_token_id, hidden_size=args.hidden, num_hidden_layers=args.layers,
                          num_attention_heads=args.heads, max_position_embeddings=meta["max_len"])
     config.attention_dropout = args.attn_dropout
-    model = tiny_model(config, seed=0).to(device)
+    model = tiny_model(config, seed=args.seed).to(device)
     add_embedding_dropout(model, args.embed_dropout)  # what train-sft's tiny_embedding_dropout adds
     steps = args.max_steps or max(50, round(args.epochs * epoch_tokens / args.micro_batch_tokens))
     cfg = SFTConfig(model="tiny", max_len=meta["max_len"], format="sequence", item_tokens=True,
                     micro_batch_tokens=args.micro_batch_tokens, lr=args.lr, weight_decay=args.weight_decay,
                     warmup_steps=min(100, steps // 10), max_steps=steps, log_every=10,
-                    eval_every=max(1, steps // args.evals), save_every=0, use_gpu=device.type == "cuda")
+                    eval_every=max(1, steps // args.evals), save_every=0, use_gpu=device.type == "cuda", seed=args.seed)
     history, best = [], {"hr@10": -1.0}
     t0 = time.perf_counter()
 
@@ -165,7 +165,7 @@ def stage_run(args) -> None:
               "weight_decay": args.weight_decay, "attn_dropout": args.attn_dropout, "embed_dropout": args.embed_dropout,
               "micro_batch_tokens": args.micro_batch_tokens, "steps": steps,
               "epochs": steps * args.micro_batch_tokens / epoch_tokens, "train_s": train_s, "device": str(device),
-              "threads": args.threads, "params": sum(p.numel() for p in model.parameters()), "best_valid": best,
+              "threads": args.threads, "seed": args.seed, "params": sum(p.numel() for p in model.parameters()), "best_valid": best,
               "valid_users": len(prompts["valid"]), "test": test, "test_users": len(prompts["test"]),
               "test_s": time.perf_counter() - t0, "history": history}
     (out / "result.json").write_text(json.dumps(result, indent=2))
@@ -236,6 +236,7 @@ def main(argv=None) -> int:
     parser.add_argument("--test-users", type=int, default=0, help="0 = all (fewer: dry runs only)")
     parser.add_argument("--evals", type=int, default=6, help="validation checks over training")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="initialisation, data order and dropout")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="bench/work/items/run")
     parser.add_argument("--inputs", default=str(INPUTS), help="where `inputs` writes and `run` reads")

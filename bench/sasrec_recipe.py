@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(ROOT / "bench" / "work" / "seq" / "toys_prepared"))
     parser.add_argument("--loss", default="bce", choices=["bce", "ce"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--max-train-s", type=float, default=0.0)
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     data = load_sequences(Path(args.data))
-    cfg = SASRecConfig(loss=args.loss, seed=0, device="cpu", epochs=args.epochs, eval_every=args.eval_every,
+    cfg = SASRecConfig(loss=args.loss, seed=args.seed, device="cpu", epochs=args.epochs, eval_every=args.eval_every,
                        max_train_s=args.max_train_s, dropout=args.dropout)
     valid_h, valid_t = data.valid_inputs()
     started = time.time()
@@ -61,7 +62,8 @@ def main(argv=None) -> int:
     # Every run is kept, keyed by its recipe: a rerun with another budget or dropout adds a row.
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.update(published=PUBLISHED, harness_ce_row={k: toys[k] for k in ("hr@5", "hr@10", "ndcg@5", "ndcg@10")})
-    label = f"{cfg.loss}_dropout{cfg.dropout}_epochs{cfg.epochs}" + (f"_cap{cfg.max_train_s:.0f}s" if cfg.max_train_s else "")
+    label = (f"{cfg.loss}_dropout{cfg.dropout}_epochs{cfg.epochs}" + (f"_cap{cfg.max_train_s:.0f}s" if cfg.max_train_s else "")
+             + (f"_seed{cfg.seed}" if cfg.seed else ""))
     results.setdefault("runs", {})[label] = run
     results_path.write_text(json.dumps(results, indent=2))
     lines = ["# SASRec's recipe against its published figure (bench/sasrec_recipe.py)", "",
