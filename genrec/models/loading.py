@@ -14,7 +14,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 import genrec
-from genrec.models import tiny
+from genrec.models import pretrained, tiny
 from genrec.models.tokenizer import ensure_pad_token, load_tokenizer
 
 META_FILE = "genrec.json"
@@ -105,7 +105,8 @@ def build_model(
         model = tiny.tiny_model(config, seed=size.seed, dtype=dtype)
         tiny.add_embedding_dropout(model, size.embedding_dropout)
     else:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(pretrained.resolve(name_or_path), dtype=dtype,
+                                                     attn_implementation="sdpa")
         ensure_pad_token(tokenizer, model)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # added tokens (item_tokens)
             model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
@@ -145,7 +146,9 @@ def save_checkpoint(
     meta = {"stage": stage, "config": config, "metrics": metrics, "genrec_version": genrec.__version__}
     if isinstance(model, PeftModel):
         base = model.peft_config[model.active_adapter].base_model_name_or_path
-        if base and Path(base).is_dir():
+        if base and pretrained.preset_of(base):  # by name: each machine resolves it to its own cache
+            base = pretrained.preset_of(base)
+        elif base and Path(base).is_dir():
             base = str(Path(base).resolve())  # the checkpoint may be read from another working directory
         elif not base:
             # unload() strips the LoRA layers in place, so work on a copy; the base is small here.
@@ -182,7 +185,7 @@ def load_checkpoint(
     if base is None:
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation="sdpa")
     else:
-        base_path = directory / base if (directory / base).is_dir() else base
+        base_path = directory / base if (directory / base).is_dir() else pretrained.resolve(base)
         base_model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, attn_implementation="sdpa")
         model = PeftModel.from_pretrained(base_model, directory, is_trainable=trainable)
     ensure_pad_token(tokenizer, model)

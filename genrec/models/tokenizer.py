@@ -16,7 +16,9 @@ log = logging.getLogger("genrec.models")
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """The tokenizer every stage uses (tokenization, training, the trie, serving), so they agree."""
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    from genrec.models.pretrained import resolve
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path))
     ensure_pad_token(tokenizer)
     # Training pads on the right; batched generation switches to left padding where it needs to.
     tokenizer.padding_side = "right"
