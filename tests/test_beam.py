@@ -131,3 +131,18 @@ def test_renormalized_scores_are_a_distribution_over_the_catalog(seed):
                 assert score == pytest.approx(total, abs=1e-4)
     # the random models leak probability to non-catalog strings, so the ranking does change
     assert (items != plain_items).any()
+
+
+def test_kv_cache_goes_by_the_name_this_transformers_declares():
+    """Newer transformers call the KV cache `cache` (`past_key_values` warns there, and goes in 5.40):
+    every forward call of the beam search uses the name the model's output declares."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    model, trie = random_model(0), CatalogTrie.build(random_catalog(0, 12), eos_id=EOS)
+    declared = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+    calls, forward = [], model.forward
+    model.forward = lambda *args, **kwargs: calls.append(set(kwargs)) or forward(*args, **kwargs)
+    constrained_beam_search(model, random_prompts(0, 3), trie, num_beams=4, top_k=3, pad_id=PAD)
+    assert len(calls) > 1  # the prompt, then steps that read the cache
+    assert all(declared in kw for kw in calls[1:])
+    assert not any({"cache", "past_key_values"} - {declared} & kw for kw in calls)

@@ -32,6 +32,7 @@ def test_checkpoint_ranks_distinct_catalog_items_and_report_rescores(prepared_an
                                      out_dir=str(root / "out"), max_users=24, batch_size=8, top_k=10,
                                      num_beams=10, ks=[1, 5, 10], max_len=160))
     assert report["users"] == 24 and report["hallucination_rate"] == 0.0
+    assert report["ranking"].startswith("title generation: constrained beam search") and "num_beams" in report
     per_user = pq.read_table(root / "out" / "per_user.parquet")
     catalog = pq.read_table(root / "prepared" / "catalog.parquet").column("item_id").to_pylist()
     ranked = np.array(per_user.column("ranked_items").to_pylist())

@@ -179,6 +179,7 @@ def test_train_evaluate_and_serve_an_item_token_model_beats_most_popular(prepare
                                      out_dir=str(root / f"eval_{format}"), top_k=20, ks=[10, 20], batch_size=100))
     pop = evaluate(EvaluateConfig(data_dir=str(root / "prepared"), model="pop", out_dir=str(root / "pop"), ks=[10, 20]))
     assert report["users"] == 300 and report["hallucination_rate"] == 0.0
+    assert report["ranking"].startswith("item ids") and "num_beams" not in report  # what ran, not a default
     assert report["metrics"]["hr@10"] > pop["metrics"]["hr@10"] + 0.05, (report["metrics"], pop["metrics"])
     per_user = pq.read_table(root / f"eval_{format}" / "per_user.parquet").sort_by("user_id")
     ranked = np.array(per_user.column("ranked_items").to_pylist())

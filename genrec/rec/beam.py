@@ -21,8 +21,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from genrec.rec.trie import CatalogTrie
+
+# Newer transformers name the KV cache `cache`, as forward's argument and the output's field; the
+# old name, `past_key_values`, warns there and goes away in 5.40. Use whichever this version has.
+CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 @torch.no_grad()
@@ -55,7 +60,7 @@ def constrained_beam_search(
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     # logits_to_keep=1: only the last position's logits (a [users, width, vocab] tensor otherwise).
     out = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = getattr(out, CACHE)
     cache.batch_repeat_interleave(beams)
     log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).repeat_interleave(beams, dim=0)
     attention = attention.repeat_interleave(beams, dim=0)
@@ -122,8 +127,8 @@ def constrained_beam_search(
         attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
         next_position = next_position[source]
         out = model(input_ids=token.view(-1, 1), attention_mask=attention, position_ids=next_position,
-                    past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+                    use_cache=True, **{CACHE: cache})
+        cache = getattr(out, CACHE)
         log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         next_position = next_position + 1
 

@@ -201,11 +201,26 @@ def _evaluate_generative(cfg: EvaluateConfig, out: Path) -> dict:
         hallucination = float((returned >= len(catalog_ids)).mean()) if len(returned) else 0.0
     return {
         "model": cfg.checkpoint_dir, "split": cfg.split, "users": int(per_user.num_rows), "metrics": metrics,
-        "decoding": cfg.decoding, "hallucination_rate": hallucination, **extra,
+        **ranking_method(cfg), "hallucination_rate": hallucination, **extra,
         "items_returned_per_user": float(found.sum(1).mean()),
         "coverage@10": catalog_coverage(ranked_items, len(catalog_ids), min(10, cfg.top_k)),
-        "num_beams": cfg.num_beams,
     }
+
+
+RANKINGS = {
+    "constrained": "title generation: constrained beam search over the catalog's title trie",
+    "unconstrained": "title generation: plain beam search, titles matched to the catalog exactly",
+    "grounded": "title generation: plain beam search, each title mapped to its nearest catalog item",
+}
+
+
+def ranking_method(cfg: EvaluateConfig) -> dict:
+    """How the ranking was made, as it ran: an item_tokens checkpoint ranks by one softmax over its
+    item tokens (no beams, whatever decoding and num_beams say); any other writes titles."""
+    meta = json.loads((Path(cfg.checkpoint_dir) / "genrec.json").read_text())
+    if meta.get("config", {}).get("item_tokens"):
+        return {"ranking": "item ids: one softmax over the catalog's item tokens"}
+    return {"ranking": RANKINGS[cfg.decoding], "decoding": cfg.decoding, "num_beams": cfg.num_beams}
 
 
 def _generated_hallucination(per_user: pa.Table, data: Path) -> float:
@@ -221,6 +236,8 @@ def markdown_report(report: dict) -> str:
     lines = [f"# Evaluation: {report['model']} ({report['split']}, {report['users']} users)", "",
              "| " + " | ".join(keys) + " | hallucination |", "|" + " --- |" * (len(keys) + 1),
              "| " + " | ".join(f"{metrics[k]:.4f}" for k in keys) + f" | {report['hallucination_rate']:.2%} |", ""]
+    if "ranking" in report:
+        lines += [f"Ranking: {report['ranking']}" + (f", {report['num_beams']} beams." if "num_beams" in report else "."), ""]
     if "generated_hallucination_rate" in report:
         lines += [f"Grounded by {report['grounding_embedder']} embeddings: {report['generated_hallucination_rate']:.2%} "
                   "of the generated titles name no catalog item before grounding.", ""]
