@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     from genrec.train.launch import METRICS_FILE, train_sft
     from genrec.train.reward import train_reward
 
-    start_local_ray(num_cpus=max(args.cpus), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_local_ray(num_cpus=max(args.cpus), log_to_driver=False, configure_logging=False)
     work = Path(tempfile.mkdtemp(prefix="worker_cpus_"))
     prepare_jobs(PrepareJobsConfig(out_dir=str(work / "jobs"), synth_num_cvs=300, synth_num_jds=150, seed=1))
     log_every = max(1, args.steps // 8)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from pathlib import Path
 
 import ray
@@ -16,11 +17,26 @@ LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
 
 
 def start_local_ray(**kwargs) -> None:
-    """ray.init on this machine, with LOCAL_RAY_ENV unless the environment sets those already (the
-    workers Ray starts inherit the driver's environment)."""
+    """ray.init on this machine: LOCAL_RAY_ENV unless the environment sets those already (the workers
+    Ray starts inherit the driver's environment), and a dashboard on a free port that the workers ask.
+
+    Why: every TorchTrainer.fit starts Ray Train's PlacementGroupCleaner, a detached actor that removes
+    the run's placement group once its controller is dead. When Tune stops a trial (ASHA), the trial's
+    controller dies with it and nothing else removes that group before the driver exits. The cleaner
+    asks the state API (the dashboard, over HTTP) whether the controller lives, at an auto-detected
+    address; without a dashboard that is 127.0.0.1:8265 all the same, where nothing answers (the group
+    is never removed) or another Ray on this machine answers that it knows no such actor (the cleaner
+    removes a live run's group and its workers die: "placement group was removed"). The state API
+    reads RAY_API_SERVER_ADDRESS before any auto-detection; it goes to the workers through the job's
+    runtime_env, not this process's environment, where it would also redirect `ray job submit`."""
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
-    ray.init(**kwargs)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    runtime_env = dict(kwargs.pop("runtime_env", None) or {})
+    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, runtime_env=runtime_env, **kwargs)
 
 
 def init_ray(object_store_gb: float = 0.0) -> None:
@@ -31,8 +47,6 @@ def init_ray(object_store_gb: float = 0.0) -> None:
     """
     if ray.is_initialized():
         return
-    # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls: without
-    # it that actor logs a warning every few seconds after each training run.
     kwargs: dict = {"configure_logging": False}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)

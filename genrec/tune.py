@@ -4,7 +4,8 @@
       -> each trial: stage config = base + sampled params, out_dir = out_dir/trials/<trial id>
          -> sft, reward: the stage's TorchTrainer, with TuneReportCallback passing every
             ray.train.report (validation loss / pairwise accuracy every eval_every steps) to Tune,
-            where ASHA stops trailing trials
+            where ASHA stops trailing trials (a stopped trial's Train controller dies with it, and Ray
+            Train's placement-group cleaner frees its workers' CPUs: runtime.start_local_ray)
          -> sft: optionally HR@10 on the first hr_users validation users (constrained beam search)
          -> ppo: the actor loop, reporting every iteration (reward_mean, kl, true_fit, ...)
       -> results.csv / results.md (one row per trial), best.json, best_config.yaml, report.md (plots)

@@ -1,5 +1,6 @@
 """Shared fixtures: one local Ray session for the whole test run (it takes ~5 s to start)."""
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -16,12 +17,32 @@ def ray_session():
     from genrec.runtime import start_local_ray
 
     if not ray.is_initialized():
-        start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        start_local_ray(num_cpus=2, log_to_driver=False, configure_logging=False)
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+def wait_until_cluster_idle(timeout_s: float = 60.0) -> None:
+    """Waits until every CPU of the session is free again and no placement group is left (a Tune
+    trial's, a Ray Train run's); after timeout_s fails with what is still held. A Ray Train run's
+    placement group is removed by its controller, or, when the controller is killed (Tune stopping
+    its trial), by Ray Train's placement-group cleaner a second or so later: hence a bounded wait."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held = {pg_id: (pg["state"], pg["bundles"]) for pg_id, pg in ray.util.placement_group_table().items()
+                if pg["state"] != "REMOVED"}
+        free, total = ray.available_resources().get("CPU", 0.0), ray.cluster_resources().get("CPU", 0.0)
+        if not held and free == total:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"after {timeout_s:.0f} s the cluster still holds {total - free} of its {total} CPUs "
+                                 f"and these placement groups: {held}")
+        time.sleep(0.25)  # poll interval: the wait itself is on the condition above
 
 
 def shared_data(*parts: str) -> Path:

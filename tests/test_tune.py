@@ -1,10 +1,12 @@
-"""`genrec tune` on real Ray Tune + Ray Train (CPU): two tiny SFT trials, the better one wins."""
+"""`genrec tune` on real Ray Tune + Ray Train (CPU): two tiny trials per stage, the better one wins;
+the SFT sweep runs the default scheduler, ASHA, which stops the trailing trial mid-run."""
 import json
+import time
 
 import pandas as pd
 import yaml
 
-from conftest import synth_and_prepare
+from conftest import synth_and_prepare, wait_until_cluster_idle
 from genrec.cli import main
 from genrec.config import SFTConfig, load_config
 
@@ -18,10 +20,11 @@ def test_tune_picks_the_trial_with_the_good_learning_rate_on_cpu(ray_session, tm
     tune_yaml = {
         "stage": "sft", "base_config": str(tmp_path / "base.yaml"),
         # 1e-7 barely moves the weights: its validation loss stays near ln(vocab)
-        "search_space": {"lr": {"grid": [1e-7, 5e-3]}}, "num_samples": 1,
-        # FIFO: in one full run on 2 CPUs a trial that ASHA stopped left its Ray Train controller
-        # holding its worker's CPU, and the next test's sweep waited for that CPU forever.
-        "scheduler": "fifo", "out_dir": str(tmp_path / "tune"),
+        "search_space": {"lr": {"grid": [5e-3, 1e-7]}}, "num_samples": 1,
+        # The default scheduler, ASHA, with a rung at every report. One trial at a time, in grid order:
+        # 5e-3 runs first and sets the rungs; 1e-7 ties it at step 0 (same initial weights), trails it
+        # at step 4, and ASHA stops it there, before step 8.
+        "grace_period": 1, "reduction_factor": 2, "max_concurrent_trials": 1, "out_dir": str(tmp_path / "tune"),
     }
     (tmp_path / "tune.yaml").write_text(yaml.safe_dump(tune_yaml))
 
@@ -32,7 +35,11 @@ def test_tune_picks_the_trial_with_the_good_learning_rate_on_cpu(ray_session, tm
     assert len(results) == 2 and set(results["lr"]) == {1e-7, 5e-3}
     assert best["lr"] == 5e-3 and best["status"] == "finished" and best["step"] == 8
     bad = results[results["lr"] == 1e-7].iloc[0]
+    assert bad["status"] == "stopped early" and bad["reports"] == 2 and bad["step"] == 4, results.to_string()
     assert best["best_valid_loss"] < bad["best_valid_loss"] - 0.2, results.to_string()
+    # The stopped trial's Ray Train controller died with it; its workers' placement group (1 CPU)
+    # must not outlive it, or every later trial and test on these 2 CPUs waits for that CPU.
+    wait_until_cluster_idle()
     assert "| trial |" in (out / "results.md").read_text()
     # The winner's config trains with `genrec train-sft --config best_config.yaml` as is.
     cfg = load_config(SFTConfig, out / "best_config.yaml")
@@ -46,6 +53,32 @@ def test_tune_picks_the_trial_with_the_good_learning_rate_on_cpu(ray_session, tm
     assert (out / "plots" / "valid_loss_per_trial.png").stat().st_size > 1000
 
 
+def test_workers_ask_this_sessions_state_api_whether_an_actor_lives(ray_session):
+    """What Ray Train's placement-group cleaner asks, from a worker, before it removes a run's placement
+    group: is the controller alive? The answer must come from this session, not from no one (the group
+    of a stopped trial stays) or another Ray on the machine (a live run's group goes)."""
+    import ray
+    from ray.util.state import get_actor
+
+    @ray.remote(num_cpus=0)
+    class Alive:
+        def actor_id(self) -> str:
+            return ray.get_runtime_context().get_actor_id()
+
+    @ray.remote(num_cpus=0)
+    def state_of(actor_id: str):
+        actor = get_actor(actor_id, timeout=10)
+        return actor.state if actor else None
+
+    alive = Alive.remote()
+    actor_id = ray.get(alive.actor_id.remote())
+    assert ray.get(state_of.remote(actor_id)) == "ALIVE"
+    ray.kill(alive)
+    deadline = time.monotonic() + 30
+    while (state := ray.get(state_of.remote(actor_id))) != "DEAD":
+        assert time.monotonic() < deadline, f"a killed actor is still {state} to the state API after 30 s"
+
+
 def sweep_two_learning_rates(tmp_path, stage: str, base: dict):
     """`genrec tune` over lr in {1e-7, 3e-3} (FIFO: both run to the end): (out, results, best, the 1e-7 row)."""
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
@@ -57,6 +90,7 @@ def sweep_two_learning_rates(tmp_path, stage: str, base: dict):
     out = tmp_path / "tune"
     results = pd.read_csv(out / "results.csv")
     assert len(results) == 2 and set(results["status"]) == {"finished"}, results.to_string()
+    wait_until_cluster_idle()
     return out, results, json.loads((out / "best.json").read_text()), results[results["lr"] == 1e-7].iloc[0]
 
 
