@@ -58,7 +58,7 @@ VARIANTS = {
     # h384l6d with label smoothing 0.1: a flatter next-title distribution (genrec's NDCG beats SASRec's, its HR does not).
     "h384l6s": {"hidden": 384, "layers": 6, "heads": 6, "lr": 1e-3, "attn_dropout": 0.1, "weight_decay": 0.1,
                 "label_smoothing": 0.1},
-    # h384l6d trained to 0.54 training loss against 0.98 on validation (session 4): more dropout.
+    # h384l6d trained to 0.54 training loss against 0.98 on validation: more dropout.
     "h384l6e": {"hidden": 384, "layers": 6, "heads": 6, "lr": 1e-3, "attn_dropout": 0.2, "embed_dropout": 0.3,
                 "weight_decay": 0.1},
     # SmolLM2-135M-Instruct (inputs built with --model smollm2-135m): its pretrained weights, full
@@ -349,7 +349,7 @@ def score_splits(model, tokenizer, args, result: dict, out_json: Path | None, sp
             np.save(Path(args.out) / f"{result['variant']}_{split}_ranked.npy", ranked)
             out_json.write_text(json.dumps(result, indent=2))
     # Hand the cached blocks back before the next process scores: a variant scoring after another
-    # ran out of memory while the first still held 57 GB of cache (session 4).
+    # ran out of memory while the first still held 57 GB of cache.
     if next(model.parameters()).is_cuda:
         import torch
         torch.cuda.empty_cache()

@@ -53,9 +53,9 @@ def test_tune_picks_the_trial_with_the_good_learning_rate_on_cpu(ray_session, tm
     assert (out / "plots" / "valid_loss_per_trial.png").stat().st_size > 1000
 
 
-def test_workers_ask_this_sessions_state_api_whether_an_actor_lives(ray_session):
+def test_workers_ask_this_rays_state_api_whether_an_actor_lives(ray_session):
     """What Ray Train's placement-group cleaner asks, from a worker, before it removes a run's placement
-    group: is the controller alive? The answer must come from this session, not from no one (the group
+    group: is the controller alive? The answer must come from this Ray, not from no one (the group
     of a stopped trial stays) or another Ray on the machine (a live run's group goes)."""
     import ray
     from ray.util.state import get_actor
