@@ -31,8 +31,9 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# The fast tier: no Ray session, no model build (math, readers, trie, beam, config, sampling).
 test-fast: setup
-	$(PY) -m pytest -q tests -m "not shared_data"
+	$(PY) -m pytest -q tests -m "not ray and not slow"
 
 bench-prepare: setup
 	$(PY) bench/prepare_throughput.py

@@ -45,6 +45,20 @@ def wait_until_cluster_idle(timeout_s: float = 60.0) -> None:
         time.sleep(0.25)  # poll interval: the wait itself is on the condition above
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tiers: a test that uses the shared Ray session (itself or through a fixture) is marked `ray`,
+    so `make test-fast` (`-m "not ray and not slow"`) runs the rest; a `gpu` test is skipped
+    without CUDA and runs wherever a GPU is at hand."""
+    import torch
+
+    no_gpu = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs CUDA (none on this machine)")
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+        if no_gpu is not None and "gpu" in item.keywords:
+            item.add_marker(no_gpu)
+
+
 def shared_data(*parts: str) -> Path:
     """A path under ../shared/data, or a skip with the reason when it is absent."""
     path = SHARED_DATA.joinpath(*parts)

@@ -27,6 +27,7 @@ def smollm2_cache(tmp_path_factory):
         os.environ["GENREC_CACHE"] = before
 
 
+@pytest.mark.slow
 def test_preset_builds_an_hf_folder_once_with_the_pretrained_weights(smollm2_cache):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -67,6 +68,7 @@ def test_preset_name_is_never_taken_for_a_path(tmp_path, monkeypatch):
     assert "model" not in absolute_input_paths(SFTConfig, {"model": PRESET, "data_dir": "x"})
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_every_toys_title_walks_the_trie_as_the_model_is_trained_to_write_it(smollm2_cache):
     """With SmolLM2's 49k BPE: each title's training label ids (sequence and prompt formats) are a
@@ -114,6 +116,7 @@ def test_every_toys_title_walks_the_trie_as_the_model_is_trained_to_write_it(smo
     assert [i for i, (a, b) in enumerate(zip(decoded, titles)) if a != b] == []
 
 
+@pytest.mark.slow
 def test_lora_on_the_pretrained_base_round_trips_through_a_checkpoint(smollm2_cache, tmp_path):
     from genrec.models.loading import LoraSettings, build_model, load_checkpoint, save_checkpoint
     from genrec.models.tokenizer import load_tokenizer

