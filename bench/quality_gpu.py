@@ -15,8 +15,9 @@ tokenizer, token shards, prompts, the catalog's token sequences) is built here f
     bash bench/gpu_quality.sh                               # on the GPU: train variants, pick by valid HR@10, score test
     python bench/quality_gpu.py merge bench/work/seq/gpu    # into bench/results/quality_toys.{json,md}
 
-    python bench/quality_gpu.py inputs --model smollm2-135m --history-len 20   # bench/work/seq/inputs_smollm2
+    QUALITY_INPUTS=bench/work/seq/inputs_smollm2 python bench/quality_gpu.py inputs --model smollm2-135m
     bash bench/gpu_smollm2.sh                               # on the GPU: the SmolLM2 variants (GGUF carried in parts)
+    QUALITY_INPUTS=bench/work/seq/inputs_smollm2 python bench/quality_gpu.py merge-smollm2 <its $OUT>
 
 `run` trains every variant at once (one process each: tiny models leave an H200 mostly idle), each
 for a wall-time budget: it times a few steps first and sets max_steps so the cosine schedule ends
