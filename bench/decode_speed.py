@@ -4,7 +4,8 @@
     python bench/decode_speed.py --prepare                      # here: tokenize catalog + test prompts (imports Ray)
     python bench/decode_speed.py --device cpu --out bench/work/decode/cpu.json
     python bench/decode_speed.py --device cuda --shape qwen2-0.5b --prompt-len 200 --batches 8,32 --out $OUT/gpu.json
-    python bench/decode_speed.py --merge bench/work/decode/cpu.json gpu.json   # -> bench/results/decode_speed.json
+    python bench/decode_speed.py --merge bench/work/decode/cpu.json gpu.json   # -> bench/results/decode_speed.{json,md}
+    python bench/decode_speed.py --render                       # decode_speed.md from decode_speed.json
 
 --prepare writes bench/work/decode/inputs.npz: every catalog title's response ids (title ids + eos,
 genrec.data.tokenize.batch_response_ids, as the trie is built in genrec) and the token ids of the
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-WORK = ROOT / "bench" / "work" / "decode"
-RESULTS = ROOT / "bench" / "results"
+from common import RESULTS, ROOT, WORK as BENCH_WORK, add_render_flag, device_name, generated_by, random_causal_lm, \
+    render_results, sync, table, versions, write_results
+
+WORK = BENCH_WORK / "decode"
 
 
 # ---------------------------------------------------------------- prepare (here, with Ray installed)
@@ -91,26 +91,24 @@ def select_prompts(prompts, users: int, prompt_len: int, bos_id):
 
 # ---------------------------------------------------------------- models
 
-def build_model(shape: str, vocab: int, meta: dict, device: str, dtype, seed: int, head_scale: float):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+SHAPES = {  # (transformers architecture, config); heads untied so that they can be scaled
+    "tiny": ("llama", dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                           num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=False)),
+    "qwen2-0.5b": ("qwen2", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                                 num_key_value_heads=2, max_position_embeddings=4096, rope_theta=1e6, rms_norm_eps=1e-6,
+                                 tie_word_embeddings=False)),
+}
 
-    ids = dict(pad_token_id=meta["pad_id"], eos_token_id=meta["eos_id"], bos_token_id=meta["bos_id"])
-    if shape == "tiny":  # genrec.models.tiny_config's shape, head untied so it can be scaled
-        cfg = LlamaConfig(vocab_size=vocab, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-                          tie_word_embeddings=False, **ids)
-        cls = LlamaForCausalLM
-    elif shape == "qwen2-0.5b":
-        cfg = Qwen2Config(vocab_size=vocab, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                          num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096,
-                          rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False, **ids)
-        cls = Qwen2ForCausalLM
-    else:
+
+def build_model(shape: str, vocab: int, meta: dict, device: str, dtype, seed: int, head_scale: float):
+    """`tiny` is genrec.models.tiny_config's shape; `qwen2-0.5b` Qwen2-0.5B's."""
+    import torch
+
+    if shape not in SHAPES:
         raise SystemExit(f"unknown shape {shape}")
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = cls._from_config(cfg, attn_implementation="sdpa", dtype=dtype)
+    arch, config = SHAPES[shape]
+    ids = dict(pad_token_id=meta["pad_id"], eos_token_id=meta["eos_id"], bos_token_id=meta["bos_id"])
+    model = random_causal_lm(arch, dict(config, vocab_size=vocab, **ids), device=device, dtype=dtype, seed=seed)
     with torch.no_grad():
         model.lm_head.weight.mul_(head_scale)
     return model.eval()
@@ -180,7 +178,6 @@ def run_peer(model, batch_prompts, trie, pad_id, eos_id, beams, top_k):
 
 def bench(args) -> dict:
     import torch
-    import transformers
 
     from genrec.rec.trie import CatalogTrie
 
@@ -195,10 +192,10 @@ def bench(args) -> dict:
     t0 = time.perf_counter()
     model = build_model(args.shape, vocab, meta, device, dtype, args.seed, args.head_scale)
     build_s = time.perf_counter() - t0
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     entry = {
-        "device": torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+        "device": device_name(device) if device.startswith("cuda") else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        **versions("torch", "transformers", "python"),
+        "command": " ".join(["python", "bench/decode_speed.py", *sys.argv[1:]]),
         "model": {"shape": args.shape, "vocab": vocab, "dtype": args.dtype, "head_scale": args.head_scale,
                   "params": sum(p.numel() for p in model.parameters()), "seed": args.seed},
         "catalog": {"items": trie.num_items, "trie_nodes": trie.num_nodes, "max_depth": trie.max_depth},
@@ -215,14 +212,14 @@ def bench(args) -> dict:
         res = {}
         for name, fn in contenders.items():
             fn(batches[0][: max(1, bs)])  # warm-up (kernels, allocator), untimed
-            sync()
+            sync(device)
             items, scores, times = [], [], []
             t0 = time.perf_counter()
             deadline = t0 + args.budget_s
             for b in batches:
                 tb = time.perf_counter()
                 i, s = fn(b)
-                sync()
+                sync(device)
                 times.append(time.perf_counter() - tb)
                 items.append(i)
                 scores.append(s)
@@ -281,8 +278,12 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=1e9, help="per contender and batch size: stop after the batch that passes this many seconds")
     ap.add_argument("--label", default=None)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--merge", nargs="*", default=None)
+    ap.add_argument("--merge", nargs="*", default=None, help="entry files (--out) into bench/results/decode_speed.json")
+    add_render_flag(ap, "bench/results/decode_speed.md")
     args = ap.parse_args()
+    if args.render:
+        render_results(RESULTS / "decode_speed.json", render_markdown)
+        return
     if args.prepare:
         return prepare(Path(args.prepared), Path(args.tokenizer), args.rows)
     if args.merge is not None:
@@ -290,8 +291,8 @@ def main() -> None:
         merged = json.loads(path.read_text()) if path.exists() else {}
         for f in args.merge:
             merged.update(json.loads(Path(f).read_text()))
-        path.write_text(json.dumps(merged, indent=2) + "\n")
-        print(f"-> {path}: {list(merged)}")
+        write_results(path, merged, render_markdown)
+        print(f"-> {path} and .md: {list(merged)}")
         return
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     entry = bench(args)
@@ -301,6 +302,90 @@ def main() -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
     print(text[:3000])
+
+
+# ---------------------------------------------------------------- markdown
+
+METHOD = [
+    "- **genrec**: `genrec.rec.beam.constrained_beam_search(num_beams=20, top_k=10)`.",
+    "- **hf_generate**: `model.generate(num_beams=20, num_return_sequences=10, max_new_tokens=trie.max_depth, "
+    "length_penalty=0.0, early_stopping=False, do_sample=False, prefix_allowed_tokens_fn=fn)`; `fn` walks the same "
+    "`CatalogTrie` (one `trie.step` from the cached node of the parent prefix, allowed tokens cached per node). "
+    "Returned sequences map to items through the trie. `early_stopping=False` with length_penalty 0 is HF's exact "
+    "stopping rule (a beam's score can only fall).",
+    "- users/s: timed batches after one untimed warm-up batch per contender and batch size; `--budget-s` stops a "
+    "contender after the batch that passes it, so it may rank fewer users than the other.",
+    "- Agreement: share of the users both ranked whose top-10 item lists are identical (order included), and whose "
+    "top-10 sets are identical; max score diff: the largest score gap for the same item where the lists agree.",
+    "- Models are random-init with a fixed seed and an untied LM head multiplied by the head scale, so that "
+    "next-token distributions are peaked (as a trained model's are) and beam scores are not near-ties.",
+    "- In bf16 the two prefills differ in shape (generate repeats each prompt num_beams times before its prefill; "
+    "genrec runs the prefill once per user and repeats the cache), so their GEMMs round differently and near-tied "
+    "items can swap ranks or leave the beams.",
+]
+# What the issue measured, and its goal.
+REFERENCE = ("Reference from the issue: one H200, Qwen2-0.5B-shaped random-init model, bf16, 200-token prompts, an "
+             "11,924-title trie, with Qwen2's own tokenizer and 151,936 vocabulary (shorter titles in tokens than with the "
+             "4,096 tokenizer here): `generate` + `prefix_allowed_tokens_fn` 19.5 users/s at batch 32 (8.7 at batch 8); "
+             "unconstrained beam search 29.3. Goal: at least 3x the constrained peer on both devices (at least 60 users/s "
+             "on that GPU). The speedups above are against the peer as measured here, not against the reference's figures.")
+
+
+def _model_line(e: dict) -> str:
+    m = e["model"]
+    arch, config = SHAPES[m["shape"]]
+    shape = (f"Llama, hidden {config['hidden_size']}, {config['num_hidden_layers']} layers, "
+             f"{config['num_attention_heads']} heads (genrec's default training shape)" if m["shape"] == "tiny" else
+             f"Qwen2-0.5B shape (hidden {config['hidden_size']}, {config['num_hidden_layers']} layers, "
+             f"{config['num_attention_heads']} heads, {config['num_key_value_heads']} KV heads, intermediate "
+             f"{config['intermediate_size']})")
+    return (f"Model: {shape}, vocabulary {m['vocab']:,}, {m['dtype']}, {m['params'] / 1e6:.0f}M parameters, random init "
+            f"(seed {m['seed']}), LM head untied and multiplied by {m['head_scale']:g}.")
+
+
+def _prompts_line(e: dict) -> str:
+    p = e["prompts"]
+    if p["prompt_len"]:
+        return (f"Prompts: the first {p['users']} test-split prompts of at least {p['prompt_len']} tokens, cut to BOS + "
+                f"their last {p['prompt_len'] - 1} tokens (the end holds \"### Response:\").")
+    return (f"Prompts: the first {p['users']} test-split rows, rendered with the genrec template (mean "
+            f"{p['len_mean']:.0f} tokens, max {p['len_max']}), not truncated.")
+
+
+def render_markdown(data: dict) -> str:
+    first = next(iter(data.values()))
+    c = first["catalog"]
+    lines = ["# Decode speed: genrec constrained beam search vs transformers `generate` + `prefix_allowed_tokens_fn`", "",
+             generated_by("python bench/decode_speed.py --render"), "",
+             f"Top-{first['top_k']} items per user from B = {first['num_beams']} beams over the Amazon Toys catalog "
+             f"({c['items']:,} titles; trie of {c['trie_nodes']:,} nodes, longest title + EOS = {c['max_depth']} tokens "
+             "with the 4,096-token tokenizer of bench/work/toys_sft). Same model, same prompts, same trie for both "
+             "contenders; both score a title by its summed log-probabilities (length_penalty 0). The first differing "
+             "ranks of each setting are in decode_speed.json.", "", *METHOD, "",
+             "Inputs, for every entry: `python bench/decode_speed.py --prepare --rows 3000` (the catalog's titles and the "
+             "test split's prompts tokenized with genrec.data.tokenize, which imports Ray) into bench/work/decode/inputs.npz.",
+             ""]
+    for label, e in data.items():
+        m = e["model"]
+        lines += [f"## {label}: {m['shape']}, {m['dtype']}, {e['device']}", "",
+                  f"torch {e['torch']}, transformers {e['transformers']}, python {e['python']}. {_model_line(e)} "
+                  f"{_prompts_line(e)}", ""]
+        commands = e.get("command") or []
+        lines += [f"    {cmd}" for cmd in ([commands] if isinstance(commands, str) else commands)]
+        lines += [""] if commands else []
+        lines += [e["note"], ""] if e.get("note") else []
+        rows = []
+        for batch, r in e["runs"].items():
+            g, h, a = r["genrec"], r["hf_generate"], r["agreement"]
+            cut = lambda x: f" ({x['users']} users, --budget-s cut)" if x["users"] < max(g["users"], h["users"]) else ""
+            gap = a["max_score_diff_where_same"]
+            rows.append([batch, f"{g['users_per_s']:.2f}{cut(g)}", f"{h['users_per_s']:.2f}{cut(h)}", f"{r['speedup']:.2f}x",
+                         f"{a['same_top_k_list']:.1%} ({round(a['same_top_k_list'] * a['users'])}/{a['users']})",
+                         f"{a['same_top_k_set']:.1%}", "" if gap is None else f"{gap:.3g}"])
+        lines += table(["batch", "genrec users/s", "hf_generate users/s", "speedup", f"same top-{e['top_k']} list",
+                        f"same top-{e['top_k']} set", "max score diff"], rows) + [""]
+    lines += ["## Reference", "", REFERENCE]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

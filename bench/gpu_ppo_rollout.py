@@ -1,24 +1,27 @@
 """Rollout generation speed: genrec's RolloutGenerator against transformers' `generate`, sampling the
 same prompts with the same settings (temperature 1, no top-k, no top-p, no EOS: every row runs to
 the full length), on a random-init model of a given shape. Self-contained for a GPU box without Ray:
-imports torch, transformers and genrec.rl.rollout only.
+imports torch, transformers, genrec.rl.rollout and bench/common.py only.
 
   python bench/gpu_ppo_rollout.py --shape qwen2-0.5b --device cuda --out $OUT/ppo_rollout_gpu.json
   python bench/gpu_ppo_rollout.py --shape tiny --device cpu --prompts 8 --new-tokens 16 --out /tmp/x.json
 
 The JSON is rewritten after every measurement, so a run cut short still leaves what it measured.
-Each configuration is wrapped in try/except: an error is recorded, and the next one runs.
+Each configuration is wrapped in try/except: an error is recorded, and the next one runs. The
+committed result is bench/results/ppo_rollout_gpu.json; its table is a section of
+bench/results/ppo_throughput.md (`python bench/ppo_throughput.py --render`).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 import traceback
 from pathlib import Path
 
 import torch
+
+from common import random_causal_lm, sync, time_call, versions, write_json
 
 SHAPES = {
     # Qwen2-0.5B: hidden 896, 24 layers, 14 heads, 2 KV heads, intermediate 4864, vocab 151936
@@ -33,13 +36,8 @@ SHAPES = {
 
 
 def build_model(shape: str, device: torch.device, dtype: torch.dtype):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(**SHAPES[shape], max_position_embeddings=4096, pad_token_id=0, bos_token_id=1,
-                         eos_token_id=2)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2ForCausalLM._from_config(config, attn_implementation="sdpa", dtype=dtype)
+    config = dict(SHAPES[shape], max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model = random_causal_lm("qwen2", config, device=device, dtype=dtype, seed=0)
     model.eval()
     # Sampling runs to the full length in every method, as in the 1,112 tokens/s reference.
     model.generation_config.eos_token_id = None
@@ -51,22 +49,6 @@ def make_prompts(n: int, vocab: int, min_len: int, max_len: int, seed: int = 0) 
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(min_len, max_len + 1, (n,), generator=g).tolist()
     return [[1] + torch.randint(3, vocab, (length - 1,), generator=g).tolist() for length in lengths]
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_call(fn, device, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def main() -> None:
@@ -89,15 +71,13 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lo, hi = (int(x) for x in args.prompt_len.split(","))
-    import transformers
-
     result = {"shape": args.shape, "shape_config": SHAPES[args.shape], "device": str(device), "dtype": str(dtype),
               "prompts": args.prompts, "new_tokens": args.new_tokens, "prompt_len": [lo, hi],
-              "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+              **versions("torch", "transformers", "python"),
               "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None, "methods": {}, "errors": {}}
 
     def save():
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(out, result)
 
     started = time.perf_counter()
     model = build_model(args.shape, device, dtype)
@@ -137,6 +117,7 @@ def main() -> None:
     if device.type == "cuda":
         variants += [("genrec_cuda_graph", True, 1.0), ("genrec_cuda_graph_top_p0.9", True, 0.9)]
     for name, graphs, top_p in variants:
+        gen = None
         try:
             gen = RolloutGenerator(model, pad_id=0, eos_id=None, cuda_graph=graphs)
             t = time.perf_counter()
@@ -149,11 +130,11 @@ def main() -> None:
             times = time_call(lambda: gen.generate(prompts, max_new_tokens=args.new_tokens, top_p=top_p, seed=2),
                               device, args.repeats)
             record(name, times, {"warmup_s": round(warmup, 3), **check})
-            del gen
         except Exception as e:  # noqa: BLE001
             result["errors"][name] = traceback.format_exc(limit=5)
             print(f"{name} failed:", e, flush=True)
             save()
+        gen = None  # its CUDA graphs hold memory: release them before the next variant
         if device.type == "cuda":
             torch.cuda.empty_cache()
 

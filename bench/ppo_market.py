@@ -4,12 +4,13 @@ One market (500 CVs, 300 JDs, seed 1, truncated negatives), one tiny reward mode
 TF-IDF reward model, one JD generator (tiny h96 x 2 layers, 600 steps): the setup of
 tests/test_girl_market.py. Then PPO variants from that generator, each evaluated on the same 44
 test-split CVs x 2 samples with the same seeds before and after (eval.jsonl): the learned reward,
-the hidden true fit (genrec.data.jobs_synth.fit_of_text), the response length. `true_fit_reward`
+the hidden true fit (genrec.girl.true_fit.fit_of_text), the response length. `true_fit_reward`
 trains on the true fit itself: the ceiling of this PPO budget.
 
     python bench/ppo_market.py                       # every variant (about 10 min on 2 CPUs)
     python bench/ppo_market.py --variants tiny_rm,true_fit_reward
     python bench/ppo_market.py --collect             # only rewrite the JSON/markdown from the runs
+    python bench/ppo_market.py --render              # only rewrite the markdown from the JSON
 
 Writes bench/results/ppo_market.{json,md}.
 """
@@ -18,11 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / "bench" / "work" / "ppo_market"
-RESULTS = ROOT / "bench" / "results" / "ppo_market"
+from common import RESULTS as RESULTS_DIR, WORK as BENCH_WORK, add_render_flag, generated_by, render_results, table, \
+    write_results
+
+WORK = BENCH_WORK / "ppo_market"
+RESULTS = RESULTS_DIR / "ppo_market"
 
 VARIANTS = {  # name -> PPOConfig overrides of BASE
     "tiny_rm": {},
@@ -41,7 +43,7 @@ def build_market() -> None:
     from genrec.config import PrepareJobsConfig, RewardConfig, SFTConfig
 
     if not (WORK / "jobs").exists():
-        from genrec.jobs.prepare import prepare_jobs
+        from genrec.girl.prepare import prepare_jobs
 
         prepare_jobs(PrepareJobsConfig(out_dir=str(WORK / "jobs"), synth_num_cvs=500, synth_num_jds=300, seed=1,
                                        truncated_negatives=1))
@@ -86,22 +88,23 @@ def collect() -> dict:
     return {"market": "500 CVs, 300 JDs, seed 1, truncated negatives 1", "base": base_config(), "runs": runs}
 
 
-def markdown(result: dict) -> str:
+def render_markdown(result: dict) -> str:
     lines = ["# PPO on the synthetic job market: learned reward vs hidden true fit", "",
-             "Written by `bench/ppo_market.py`. " + __doc__.split("\n\n")[1].replace("\n", " "), "",
-             "Wall times are from a shared 2-CPU machine with other jobs running: rough.", "",
-             "| variant | iterations x CVs | learned reward before -> after | true fit before -> after | change | "
-             "length before -> after | KL (last iteration) | wall s |", "|---|---|---|---|---:|---|---:|---:|"]
-    base = result["base"]
+             generated_by("python bench/ppo_market.py --render"), "",
+             __doc__.split("\n\n")[1].replace("\n", " "), "",
+             "Wall times are from a shared 2-CPU machine with other jobs running: rough.", ""]
+    base, rows = result["base"], []
     for name, run in result["runs"].items():
         first, last = run["evals"][0], run["evals"][-1]
         its = run["overrides"].get("iterations", base["iterations"])
         reward = "(the true fit)" if run["overrides"].get("reward") == "true_fit" else \
             f"{first['reward_mean']:.3f} -> {last['reward_mean']:.3f}"
-        lines.append(f"| {name} | {its} x {base['rollout_batch_size']} | {reward} | {first['true_fit']:.3f} -> "
-                     f"{last['true_fit']:.3f} | {last['true_fit'] - first['true_fit']:+.3f} | "
-                     f"{first['response_length']:.1f} -> {last['response_length']:.1f} | "
-                     f"{run['kl_last'] if run['kl_last'] is None else round(run['kl_last'], 2)} | {run.get('wall_s', '')} |")
+        rows.append([name, f"{its} x {base['rollout_batch_size']}", reward,
+                     f"{first['true_fit']:.3f} -> {last['true_fit']:.3f}", f"{last['true_fit'] - first['true_fit']:+.3f}",
+                     f"{first['response_length']:.1f} -> {last['response_length']:.1f}",
+                     run["kl_last"] if run["kl_last"] is None else round(run["kl_last"], 2), run.get("wall_s", "")])
+    lines += table(["variant", "iterations x CVs", "learned reward before -> after", "true fit before -> after", "change",
+                    "length before -> after", "KL (last iteration)", "wall s"], rows, "llllrlrr")
     lines += ["", "True fit at every evaluation (iterations 0, 20, 40, 60) of the longer runs:", ""]
     for name, run in result["runs"].items():
         if len(run["evals"]) > 2:
@@ -115,7 +118,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--collect", action="store_true")
+    add_render_flag(parser, "ppo_market.md")
     args = parser.parse_args()
+    if args.render:
+        render_results(RESULTS.with_suffix(".json"), render_markdown)
+        return
     if not args.collect:
         import ray
 
@@ -130,11 +137,7 @@ def main() -> None:
             run_ppo(PPOConfig(**{**base_config(), **VARIANTS[name], "out_dir": str(out)}))
             (out / "wall_s.json").write_text(json.dumps({"wall_s": round(time.time() - started, 1)}))
         ray.shutdown()
-    result = collect()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    RESULTS.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    print(write_results(RESULTS.with_suffix(".json"), collect(), render_markdown))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ same batch, then the whole actor-learner loop's iteration time by phase with 1 a
 workers, and weight sync of the full state against the LoRA adapter alone.
 
   .venv/bin/python bench/ppo_throughput.py            # writes bench/results/ppo_throughput.json/.md
+  .venv/bin/python bench/ppo_throughput.py --render   # only the .md, from ppo_throughput.json and ppo_rollout_gpu.json
 
 Generation: the `tiny` SFT preset's shape (Llama-style, hidden 128, 4 layers, 4096 tokens), random
 init, 32 prompts of 48-80 tokens, 64 new tokens, no EOS (every method runs to the full length), best
@@ -10,7 +11,8 @@ of `--repeats` alternating runs of RolloutGenerator with its compiled CPU decode
 with the eager step (`compile_cpu=False`), and transformers' `generate`. The compiled step's first
 call includes compiling it, in a fresh inductor cache unless `--warm-compile-cache`. The loop: the
 toy task of genrec/rl/toy.py (a word-level policy of the same depth and width), its phases from
-metrics.jsonl (median over iterations after the first). The GPU counterpart of the generation part is bench/gpu_ppo_rollout.sh.
+metrics.jsonl (median over iterations after the first). The GPU counterpart of the generation part is
+bench/gpu_ppo_rollout.sh; its bench/results/ppo_rollout_gpu.json is rendered as the last section of the markdown.
 """
 from __future__ import annotations
 
@@ -20,19 +22,15 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import gpu_ppo_rollout as gen_bench  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
+import gpu_ppo_rollout as gen_bench
+from common import RESULTS, Stopwatch, add_render_flag, generated_by, render_results, table, utc_now, write_json, \
+    write_markdown
 
 
 def bench_generation(repeats: int, prompts_n: int, new_tokens: int, prompt_len: tuple[int, int] = (48, 80)) -> dict:
@@ -53,9 +51,9 @@ def bench_generation(repeats: int, prompts_n: int, new_tokens: int, prompt_len: 
     methods = {"genrec_compiled": lambda: compiled.generate(prompts, max_new_tokens=new_tokens, seed=0),
                "genrec_eager": lambda: eager.generate(prompts, max_new_tokens=new_tokens, seed=0),
                "transformers_generate": theirs}
-    start, start_cpu = time.perf_counter(), time.process_time()
-    rollout = methods["genrec_compiled"]()  # compiles the decode step for this batch size
-    first_call = {"wall_s": round(time.perf_counter() - start, 2), "cpu_s": round(time.process_time() - start_cpu, 2)}
+    with Stopwatch() as first:
+        rollout = methods["genrec_compiled"]()  # compiles the decode step for this batch size
+    first_call = {"wall_s": round(first.wall_s, 2), "cpu_s": round(first.cpu_s, 2)}
     if not compiled.compile_cpu:
         raise RuntimeError("the compiled decode step fell back to the eager one (see the warning above)")
     eager_rollout = methods["genrec_eager"]()
@@ -66,10 +64,10 @@ def bench_generation(repeats: int, prompts_n: int, new_tokens: int, prompt_len: 
     cpu = {name: [] for name in methods}
     for _ in range(repeats):  # alternate, so a load spike on this shared machine hits every method
         for name, fn in methods.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            times[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
+            with Stopwatch() as t:
+                fn()
+            times[name].append(t.wall_s)
+            cpu[name].append(t.cpu_s)
     tokens = prompts_n * new_tokens
     out = {"shape": "sft-tiny", "config": gen_bench.SHAPES["sft-tiny"], "prompts": prompts_n, "new_tokens": new_tokens,
            "prompt_len": list(prompt_len),
@@ -133,10 +131,12 @@ def _sync_bytes(cfg) -> int:
     return sum(t.numel() * t.element_size() for t in sync_weights(model).values())
 
 
-def markdown(result: dict) -> str:
+def render_markdown(result: dict) -> str:
     g = result["generation"]
     lines = [
         "# PPO throughput", "",
+        generated_by("python bench/ppo_throughput.py --render") + " The GPU section is rendered from ppo_rollout_gpu.json.",
+        "",
         f"Machine: {result['machine']}; torch {result['torch']}; measured {result['date']}. "
         "This machine is shared (2 cores, other jobs running), so absolute times swing; ratios are "
         "from runs alternated in the same process.", "",
@@ -149,17 +149,18 @@ def markdown(result: dict) -> str:
         "torch.compile'd graph); `eager step`: `compile_cpu=False` (the same prefill, the decode step op by op). "
         "`logp diff`: the largest gap between a sampled token's log-prob as returned and as the model's own "
         "forward pass computes it.", "",
-        "| prompts x new tokens (prompt length) | method | best wall s | tokens/s (wall) | best CPU s | tokens per CPU s | speed-up (CPU) | logp diff |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     parts = [part for part in (result.get("generation_small_batch"), g) if part]
+    rows = []
     for part in parts:
         shape = f"{part['prompts']} x {part['new_tokens']} ({part['prompt_len'][0]}-{part['prompt_len'][1]})"
         for label, k in (("genrec, compiled step", "genrec_compiled"), ("genrec, eager step", "genrec_eager"),
                          ("transformers generate", "transformers_generate")):
-            lines.append(f"| {shape} | {label} | {part[k]['best_wall_s']} | {part[k]['tokens_per_s_wall']} | "
-                         f"{part[k]['best_cpu_s']} | {part[k]['tokens_per_cpu_s']} | {part[k].get('speedup_cpu', '')} | "
-                         f"{_sci(part['logp_max_abs_diff_vs_forward'].get(k))} |")
+            rows.append([shape, label, part[k]["best_wall_s"], part[k]["tokens_per_s_wall"], part[k]["best_cpu_s"],
+                         part[k]["tokens_per_cpu_s"], part[k].get("speedup_cpu", ""),
+                         _sci(part["logp_max_abs_diff_vs_forward"].get(k))])
+    lines += table(["prompts x new tokens (prompt length)", "method", "best wall s", "tokens/s (wall)", "best CPU s",
+                    "tokens per CPU s", "speed-up (CPU)", "logp diff"], rows, "llrrrrrr")
     cache = ("a fresh inductor cache for the 32-prompt run, which the 8-prompt one then shares"
              if result.get("cold_compile_cache", True) else "the existing inductor cache")
     lines += ["", "Compiling the decode step (the compiled generator's first call, compile included; CPU time of "
@@ -168,20 +169,20 @@ def markdown(result: dict) -> str:
                         f"{p['compiled_first_call']['cpu_s']} s CPU" for p in parts) + ". It is paid once per process "
               "and batch size; the cache length is a dynamic dimension of the graph."]
     lines += [
-        "", f"Load average during the runs: {g['load_average']}.", "",
+        "", "Load average during the runs: " + ", ".join(f"{x:.2f}" for x in g["load_average"]) + ".", "",
         "## PPO iteration by phase (toy task, median over iterations 2..N)", "",
         "`generate s` is the time the driver waited for rollouts: one-step-off-policy samples iteration k+1 "
         "while iteration k scores and updates, so only the part not hidden behind them shows. Rollout tokens/s "
         "are per second of the workers' own sampling time."
-        + (f" Measured {result['loop_date']}, before the compiled CPU decode step." if result.get("loop_date") else ""), "",
-        "| rollout workers | learners | sampling | weights synced | sync MB | generate s | score s | ref s | update s | sync s | iteration s | rollout tokens/s |",
-        "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        + (f" Measured {result['loop_date']} (a table kept from an earlier run by --skip-loop)." if result.get("loop_date")
+           else ""), "",
     ]
-    for r in result["loop"]:
-        lines.append(f"| {r['workers']} | {r.get('learners', 1)} | {'one-step-off' if r.get('off_policy') else 'on-policy'} | "
-                     f"{'LoRA adapter' if r['lora'] else 'full state'} | {r['sync_mb']} | "
-                     f"{r['timing/generate']} | {r['timing/score']} | {r['timing/ref']} | {r['timing/update']} | "
-                     f"{r['timing/sync']} | {r['timing/iteration']} | {r['tokens_per_s']} |")
+    lines += table(["rollout workers", "learners", "sampling", "weights synced", "sync MB", "generate s", "score s", "ref s",
+                    "update s", "sync s", "iteration s", "rollout tokens/s"],
+                   [[r["workers"], r.get("learners", 1), "one-step-off" if r.get("off_policy") else "on-policy",
+                     "LoRA adapter" if r["lora"] else "full state", r["sync_mb"], r["timing/generate"], r["timing/score"],
+                     r["timing/ref"], r["timing/update"], r["timing/sync"], r["timing/iteration"], r["tokens_per_s"]]
+                    for r in result["loop"]], "rrllrrrrrrrr")
     return "\n".join(lines + gpu_markdown(RESULTS / "ppo_rollout_gpu.json"))
 
 
@@ -204,14 +205,11 @@ def gpu_markdown(path: Path) -> list[str]:
         f"{r['prompt_len'][1]} tokens x {r['new_tokens']} new tokens, sampling at temperature 1, no EOS; best of the "
         "timed runs after a warm-up. `logp diff` is the largest gap between a sampled token's log-prob as the "
         "generator returned it and as a full forward pass of the same model computes it (bf16).", "",
-        "| method | tokens/s | ms per step | speed-up vs generate | logp diff |", "|---|---:|---:|---:|---:|",
     ]
-    for name, m in r["methods"].items():
-        lines.append(f"| {name} | {m['tokens_per_s']:,.0f} | {m['ms_per_step']} | {m.get('speedup_vs_generate', '')} | "
-                     f"{m.get('logp_max_abs_diff_vs_forward', '')} |")
-    for name, error in r.get("errors", {}).items():
-        lines.append(f"| {name} | failed: {error.strip().splitlines()[-1]} | | | |")
-    return lines + [""]
+    rows = [[name, f"{m['tokens_per_s']:,.0f}", m["ms_per_step"], m.get("speedup_vs_generate", ""),
+             m.get("logp_max_abs_diff_vs_forward", "")] for name, m in r["methods"].items()]
+    rows += [[name, f"failed: {error.strip().splitlines()[-1]}", "", "", ""] for name, error in r.get("errors", {}).items()]
+    return lines + table(["method", "tokens/s", "ms per step", "speed-up vs generate", "logp diff"], rows) + [""]
 
 
 def main() -> None:
@@ -223,18 +221,17 @@ def main() -> None:
     parser.add_argument("--skip-loop", action="store_true")
     parser.add_argument("--skip-generation", action="store_true", help="keep the generation part of --out's JSON")
     parser.add_argument("--out", default=str(RESULTS / "ppo_throughput"))
-    parser.add_argument("--render", action="store_true", help="only rewrite the markdown from --out's JSON")
+    add_render_flag(parser, "the markdown beside --out")
     parser.add_argument("--warm-compile-cache", action="store_true",
                         help="compile with the existing inductor cache (default: a fresh one, so the reported "
                              "compile time is a cold compile)")
     args = parser.parse_args()
     if args.render:
-        out = Path(args.out)
-        out.with_suffix(".md").write_text(markdown(json.loads(out.with_suffix(".json").read_text())))
+        render_results(Path(args.out).with_suffix(".json"), render_markdown)
         return
 
     result = {"machine": f"{platform.machine()} x{os.cpu_count()} CPUs", "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "loop": []}
+              "date": utc_now(), "loop": []}
     torch.set_num_threads(1)
     previous_path = Path(args.out).with_suffix(".json")
     previous = json.loads(previous_path.read_text()) if previous_path.exists() else {}
@@ -254,8 +251,7 @@ def main() -> None:
                                                             prompt_len=(12, 16))
     print(json.dumps(result["generation"]), flush=True)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out.with_suffix(".json"), result)
     if not args.skip_loop:
         import ray
 
@@ -268,9 +264,9 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 result["loop"].append(row)
         ray.shutdown()
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out.with_suffix(".json"), result)
     if result["loop"]:
-        out.with_suffix(".md").write_text(markdown(result))
+        write_markdown(out.with_suffix(".md"), render_markdown(result))
     if not args.warm_compile_cache and not args.skip_generation:
         shutil.rmtree(os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
     print(f"wrote {out.with_suffix('.json')}")

@@ -11,11 +11,12 @@
 3. The parent samples the summed PSS of the subprocess and all its descendants (for genrec: the
    raylet, GCS, workers, and the object store's shared memory as they map it) and keeps the peak.
 4. The two outputs are compared (rows per split; identical rows for a sample of users), and the
-   figures go to --out/prepare_throughput.json and .md.
+   figures go to --out/prepare_throughput.json and .md (`--render` rewrites the .md from the JSON).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -30,7 +31,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, add_render_flag, cpu_model, generated_by, render_results, table, usable_cpus, versions, \
+    write_results
+
 GIB = 1024**3
 SPLITS = ("train", "valid", "test")
 NUM_GENRES = 12
@@ -134,7 +137,7 @@ def child_genrec(work: Path, args: dict) -> dict:
 
 
 def child_pandas(work: Path, args: dict) -> dict:
-    import pandas  # noqa: F401  (imports are outside the timing, as for genrec)
+    importlib.import_module("pandas")  # imports are outside the timing, as for genrec
 
     data_dir = work / "data"
     started = time.perf_counter()
@@ -415,36 +418,25 @@ def compare_outputs(work: Path, sample_users: int, seed: int) -> dict:
 
 # ------------------------------------------------------------------------------------------ report
 def machine_info() -> dict:
-    import pandas
-    import pyarrow
-    import ray
-
-    model = ""
-    try:
-        model = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return {
         "cpus": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_model": model,
+        "cpus_usable": usable_cpus(),
+        "cpu_model": cpu_model(),
         "ram_gib": round(psutil.virtual_memory().total / GIB, 1),
         "available_ram_gib_at_start": round(psutil.virtual_memory().available / GIB, 1),
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
         "platform": platform.platform(),
-        "python": platform.python_version(),
-        "ray": ray.__version__, "pyarrow": pyarrow.__version__, "pandas": pandas.__version__,
-        "numpy": np.__version__, "psutil": psutil.__version__,
+        **versions("python", "ray", "pyarrow", "pandas", "numpy", "psutil"),
     }
 
 
-def write_report(out: Path, results: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "prepare_throughput.json").write_text(json.dumps(results, indent=2) + "\n")
+def render_markdown(results: dict) -> str:
     g, p, d, m = results.get("genrec"), results.get("pandas"), results["data"], results["machine"]
     st = results["settings"]
     lines = [
         "# Prepare throughput: genrec (Ray Data) vs plain pandas",
+        "",
+        generated_by("python bench/prepare_throughput.py --render"),
         "",
         f"Command: `{results['command']}`",
         "",
@@ -454,18 +446,16 @@ def write_report(out: Path, results: dict) -> None:
         f"{d['interactions_mib']} MiB of parquet); `table` reader, kcore=0, "
         f"samples_per_user={st['samples_per_user']}, history_len={st['history_len']}.",
         "",
-        "| | wall s | of which Ray start s | peak memory GiB | interactions/s | train rows | valid rows | test rows |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    rows = []
     for name, r in (("genrec", g), ("pandas", p)):
         if not r:
-            lines.append(f"| {name} | not run | | | | | | |")
+            rows.append([name, "not run", "", "", "", "", "", ""])
             continue
-        lines.append(
-            f"| {name} | {r['wall_s']:.1f} | {r['ray_start_s'] if 'ray_start_s' in r else '-'} | "
-            f"{r['peak_rss_gib']:.2f} | {r['interactions_per_s']:,.0f} | "
-            + " | ".join(f"{r['rows'][s]:,}" for s in SPLITS) + " |"
-        )
+        rows.append([name, f"{r['wall_s']:.1f}", r["ray_start_s"] if "ray_start_s" in r else "-", f"{r['peak_rss_gib']:.2f}",
+                     f"{r['interactions_per_s']:,.0f}", *(f"{r['rows'][s]:,}" for s in SPLITS)])
+    lines += table(["contender", "wall s", "of which Ray start s", "peak memory GiB", "interactions/s", "train rows", "valid rows",
+                    "test rows"], rows)
     lines.append("")
     if results.get("speedup_vs_pandas") is not None:
         lines.append(f"Speedup vs pandas (pandas wall / genrec wall): **{results['speedup_vs_pandas']:.2f}x**.")
@@ -512,7 +502,7 @@ def write_report(out: Path, results: dict) -> None:
         if r and r.get("peak_breakdown_gib"):
             lines.append(f"\n{name} memory at its peak ({r['peak_at_s']} s after the subprocess started), "
                          "GiB by process name: " + ", ".join(f"{k} {v}" for k, v in r["peak_breakdown_gib"].items()))
-    (out / "prepare_throughput.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -536,6 +526,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--sample-s", type=float, default=0.5,
                     help="memory sampling interval (stretched to 4x a sample's own duration when that is longer)")
     ap.add_argument("--check-users", type=int, default=500, help="users whose rows are compared exactly")
+    add_render_flag(ap, "prepare_throughput.md in --out")
     args = ap.parse_args(argv)
     if args.samples_per_user != "all":
         args.samples_per_user = int(args.samples_per_user)
@@ -565,6 +556,9 @@ def main(argv: list[str]) -> None:
         child_main(argv[1:])
         return
     args = parse_args(argv)
+    if args.render:
+        render_results(Path(args.out) / "prepare_throughput.json", render_markdown)
+        return
     work = Path(args.work)
     machine = machine_info()
     meta = ensure_data(args)
@@ -592,7 +586,7 @@ def main(argv: list[str]) -> None:
             agreement["mismatches"].append(f"short users dropped: genrec {g['short_users_dropped']}, "
                                            f"pandas {p['short_users_dropped']}")
         print(f"agreement: {results['agreement']}", flush=True)
-    write_report(Path(args.out), results)
+    write_results(Path(args.out) / "prepare_throughput.json", results, render_markdown)
     print(f"wrote {Path(args.out) / 'prepare_throughput.json'} and .md", flush=True)
     if results.get("agreement") and not results["agreement"]["agree"]:
         raise SystemExit("genrec and pandas outputs differ (see the report)")

@@ -9,6 +9,7 @@ bench/work/quality/<dataset>/), then `report` merges them into bench/results/qua
     python bench/quality.py sft       --dataset toys --sft-steps 200 --num-workers 2 --micro-batch-tokens 8192 --sft-eval-every 50 --valid-rows 500
     python bench/quality.py genrec    --dataset toys --max-users 2000 --num-beams 20 --batch-size 8 --eval-max-len 1024
     python bench/quality.py report    --dataset toys --commands "..." --notes "..."
+    python bench/quality.py --render                          # the .md files from their JSON, measuring nothing
 
 (the flags of the run in bench/results/quality_toys.md; --eval-max-len 1024 works around RankUsers
 shortening prompts without the catalog titles, see the notes there). ml100k: prepare, baselines
@@ -39,28 +40,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import KS, PUBLISHED_TOYS, REPORT_KEYS, RESULTS, ROOT, WORK as BENCH_WORK, add_render_flag, f4, \
+    generated_by, metric_cells, render_results, table, versions, write_results
 
 log = logging.getLogger("bench.quality")
 
-RESULTS = ROOT / "bench" / "results"
-WORK = ROOT / "bench" / "work" / "quality"
-KS = (1, 5, 10, 20)
-REPORT_KEYS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10")
+WORK = BENCH_WORK / "quality"
 DATASETS = {
     "toys": {"config": ROOT / "configs" / "prepare_toys.yaml", "reuse": ROOT / "bench" / "work" / "toys_prepared",
-             "name": "Amazon Toys & Games 5-core (../shared/data/amazon-toys)"},
+             "name": "Amazon Toys & Games 5-core (data set amazon-toys)"},
     "ml100k": {"config": ROOT / "configs" / "prepare_ml100k.yaml", "reuse": None,
-               "name": "MovieLens 100K (../shared/data/ml-100k)"},
-}
-PUBLISHED = {
-    "toys": "Published on this split (HR@10 / NDCG@10): SASRec 0.0675 / 0.0374; TIGER 0.0712 / 0.0432.",
+               "name": "MovieLens 100K (data set ml-100k)"},
 }
 
 
@@ -70,7 +63,8 @@ def work_dir(dataset: str) -> Path:
 
 def prepared_dir(dataset: str) -> Path:
     """bench/work/toys_prepared when it was made from the same config (bar out_dir), else our own."""
-    from genrec.config import PrepareConfig, load_config, to_dict
+    from genrec.config import PrepareConfig
+    from genrec.config_loader import load_config, to_dict
 
     spec = DATASETS[dataset]
     wanted = to_dict(load_config(PrepareConfig, spec["config"]))
@@ -84,7 +78,8 @@ def prepared_dir(dataset: str) -> Path:
 
 # ------------------------------------------------------------------------------------ stages
 def stage_prepare(args) -> None:
-    from genrec.config import PrepareConfig, load_config
+    from genrec.config import PrepareConfig
+    from genrec.config_loader import load_config
     from genrec.data.prepare import prepare
 
     path = prepared_dir(args.dataset)
@@ -193,10 +188,6 @@ def stage_genrec(args) -> None:
 
 
 # ------------------------------------------------------------------------------------ report
-def fmt(x) -> str:
-    return "" if x is None else f"{x:.4f}"
-
-
 def stage_report(args) -> None:
     ds = args.dataset
     wd = work_dir(ds)
@@ -204,15 +195,14 @@ def stage_report(args) -> None:
     sft = json.loads((wd / "sft.json").read_text()) if (wd / "sft.json").exists() else None
     gen_path = wd / "genrec_eval" / "report.json"
     gen = json.loads(gen_path.read_text()) if (sft and gen_path.exists()) else None
-    import torch
 
     result: dict = {
         "dataset": DATASETS[ds]["name"], "prepared": base["prepared"], "users": base["users"], "items": base["items"],
         "protocol": "leave-one-out, test target, full ranking over the whole catalog, no sampled negatives",
-        "machine": f"{platform.machine()} CPU, 2 cores shared with another session's tests; torch {torch.__version__}",
+        "machine": f"{platform.machine()} CPU, 2 cores shared with other jobs; torch {versions('torch')['torch']}",
     }
-    if ds in PUBLISHED:
-        result["published"] = {"sasrec": {"hr@10": 0.0675, "ndcg@10": 0.0374}, "tiger": {"hr@10": 0.0712, "ndcg@10": 0.0432}}
+    if ds == "toys":
+        result["published"] = PUBLISHED_TOYS
 
     def row(entry: dict, scope: str, users: int, **extra) -> dict:
         m = entry[scope]
@@ -253,7 +243,8 @@ def stage_report(args) -> None:
             "partial": gen["users"] < base["users"],
             "subsample_rule": f"first {gen['users']} test users by user_id (genrec evaluate max_users={gen['users']})",
             "same_users_as_baseline_subsample": sub_ok,
-            "sft_steps": steps, "sft_tokens_per_step": cfg["micro_batch_tokens"] * cfg["num_workers"] * cfg["grad_accum"],
+            "sft_steps": steps, "sft_max_steps": cfg["max_steps"],
+            "sft_tokens_per_step": cfg["micro_batch_tokens"] * cfg["num_workers"] * cfg["grad_accum"],
             "sft_workers": cfg["num_workers"], "micro_batch_tokens": cfg["micro_batch_tokens"], "lr": cfg["lr"],
             "sft_final": {k: v for k, v in sft["final"].items() if k in ("step", "loss", "valid_loss", "epoch", "tokens")},
             "checkpoint": args.checkpoint, "num_beams": gen["num_beams"], "eval_wall_s": gen["wall_s"],
@@ -268,83 +259,257 @@ def stage_report(args) -> None:
     result["notes"] = args.notes
     result["commands"] = args.commands
     out_json = RESULTS / f"quality_{ds}.json"
-    out_json.write_text(json.dumps(result, indent=2))
-    (RESULTS / f"quality_{ds}.md").write_text(markdown(result, base, sft, args))
-    log.info("wrote %s", out_json)
+    write_results(out_json, result, render_markdown)
+    log.info("wrote %s and .md", out_json)
 
 
-def markdown(r: dict, base: dict, sft: dict | None, args) -> str:
-    ds = args.dataset
-    g = r["genrec"]
+# ------------------------------------------------------------------------------------ markdown
+# quality_<dataset>.json is written by `report` and extended by bench/quality_gpu.py (`merge`,
+# `merge-smollm2`); the markdown renders whatever of these keys the file holds:
+#   pop, sasrec                          this script's baselines (with their exclude_history and subsample variants)
+#   genrec*, genrec_history.*            genrec rows: any entry with ranking metrics and a user count
+#   genrec_variants*                     format=sequence variants trained on one GPU (bench/quality_gpu.py)
+#   genrec_weights_and_scoring_selection, genrec_label_smoothing   two bench/quality_gpu.py studies
+#   decoding_first_300_users             constrained / unconstrained / grounded decoding of one checkpoint
+METRIC_KEYS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "hr@20")
+ROW_HEADER = ["row", "users", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "HR@20", "hallucination", "train_s"]
+# Fields of a genrec row that its table line shows: left out of its description.
+SHOWN = {"hr@1", "hr@5", "hr@10", "hr@20", "ndcg@1", "ndcg@5", "ndcg@10", "ndcg@20", "hallucination_rate", "users",
+         "train_s", "partial", "commands"}
+
+
+def _num(v) -> str:
+    if isinstance(v, bool) or not isinstance(v, float):
+        return str(v)
+    return f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+
+
+def _value(v) -> str:
+    """A JSON value as prose: dicts as `key value` pairs, lists of step records as `step: value` pairs."""
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_value(x)}" for k, x in v.items())
+    if isinstance(v, list):
+        if v and isinstance(v[0], dict) and "step" in v[0]:
+            return "; ".join(f"step {r['step']}: " + ", ".join(f"{k} {_num(x)}" for k, x in r.items() if k != "step")
+                             for r in v)
+        return ", ".join(_value(x) for x in v)
+    return _num(v)
+
+
+def genrec_rows(r: dict) -> list[tuple[str, dict]]:
+    """(name, entry) of every genrec row: top-level `genrec*` entries with metrics, then genrec_history's."""
+    rows = [(k, v) for k, v in r.items() if k.startswith("genrec") and isinstance(v, dict) and "hr@10" in v and "users" in v]
+    rows += [(f"genrec_history.{k}", v) for k, v in (r.get("genrec_history") or {}).items()]
+    return rows
+
+
+def _row(label: str, x: dict) -> list[str]:
+    hall = x.get("hallucination_rate")
+    return [label, f"{x['users']:,}", *metric_cells(x, METRIC_KEYS), "" if hall is None else f"{hall:.2%}",
+            "" if x.get("train_s") is None else f"{x['train_s']:.1f}"]
+
+
+def _baseline_rows(r: dict, scope: str) -> list[list[str]]:
+    suffix = "" if scope == "all" else "subsample"
+    rows = []
+    for name in ("pop", "sasrec"):
+        same = " (same model)" if name == "sasrec" else ""
+        plain = r[name] if scope == "all" else r[name]["variants"].get("subsample")
+        excluded = r[name]["variants"].get("exclude_history" if scope == "all" else f"{suffix}_exclude_history")
+        if plain:
+            rows.append(_row(name, plain))
+        if excluded:
+            rows.append(_row(f"{name}, exclude_history{same}", excluded))
+    return rows
+
+
+def _describe(entry: dict) -> list[str]:
+    """A genrec row's own fields (all but those its table line shows), then its commands."""
+    text = "; ".join(f"{k}: {_value(v)}" for k, v in entry.items() if k not in SHOWN and v is not None)
+    lines = [text] if text else []
+    commands = entry.get("commands") or []
+    return lines + [""] + [f"      {c}" for c in commands] if commands else lines
+
+
+def _variants_table(variants: dict) -> list[str]:
+    rows = []
+    for name, v in variants.items():
+        if not isinstance(v, dict):
+            continue
+        test = v.get("test") or {}
+        valid = "" if v.get("valid_hr@10") is None else (
+            f"{v['valid_hr@10']:.4f}" + (f" ({v['valid_users']:,})" if v.get("valid_users") else ""))
+        loss = (f"{v['best_valid_loss']:.3f}" if v.get("best_valid_loss") is not None else
+                f"(final {v['final_valid_loss']:.3f})" if v.get("final_valid_loss") is not None else "")
+        shape = f"h{v['hidden']} x {v['layers']}" if v.get("hidden") else ""
+        regular = ", ".join(f"{label} {v[k]:g}" for k, label in (("attn_dropout", "attention dropout"),
+                                                                 ("embed_dropout", "embedding dropout"),
+                                                                 ("weight_decay", "wd"), ("label_smoothing", "smoothing"))
+                            if v.get(k))
+        rows.append([name, shape, "" if v.get("lr") is None else f"{v['lr']:g}", regular,
+                     "" if v.get("params") is None else f"{v['params'] / 1e6:.1f}M",
+                     "" if v.get("steps") is None else f"{v['steps']:,} ({v['epochs']:.1f})",
+                     "" if v.get("train_s") is None else f"{v['train_s']:.1f}", v.get("best_step", ""), loss, valid,
+                     f4(v.get("valid_ndcg@10")), *metric_cells(test, METRIC_KEYS),
+                     "; ".join(str(v[k]) for k in ("scoring", "source") if v.get(k))])
+    return table(["variant", "shape", "lr", "regularisation", "params", "steps (epochs)", "train_s", "best step",
+                  "best valid loss", "valid HR@10 (users)", "valid NDCG@10", "test HR@5", "test HR@10", "test NDCG@5",
+                  "test NDCG@10", "test HR@20", "note"], rows, "llrlrrrrrrrrrrrrl")
+
+
+def _commands(entry: dict) -> list[str]:
+    commands = entry.get("commands") or ([entry["command"]] if entry.get("command") else [])
+    return ["Commands:", "", *[f"    {c}" for c in commands], ""] if commands else []
+
+
+def _gpu_sections(r: dict) -> list[str]:
+    keys = [k for k in r if k.startswith("genrec_variants")]
+    lines = []
+    if keys:
+        lines += ["## genrec `format=sequence` variants on one GPU (bench/quality_gpu.py)", "",
+                  "`SFTConfig.format=sequence` trains one row per user (prepare with `samples_per_user=1`, `history_len=50`): "
+                  "the instruction, then every training title as its own token ids ending in eos, loss on every title after "
+                  "the first. The loop is genrec.train.sft.train_loop (what `genrec train-sft` runs in each Ray Train worker), "
+                  "the scorer genrec.rec.beam.constrained_beam_search (20 beams, top 20, length_penalty 0), prompts built by "
+                  "genrec.data.tokenize.prompt_ids as training built them. Validation HR@10 is on the first validation users "
+                  "by user id (their count in brackets); the test columns are on all test users.", ""]
+    for key in keys:
+        block = r[key]
+        lines += [f"### `{key}`", ""]
+        if block.get("setup") or block.get("note"):
+            lines += [block.get("setup") or block["note"], ""]
+        lines += _commands(block) + _variants_table(block) + [""]
+    sel = r.get("genrec_weights_and_scoring_selection")
+    if sel:
+        t = sel["test"]
+        lines += ["### `genrec_weights_and_scoring_selection`", "",
+                  f"{sel['device']}: {sel['steps']} steps, {sel['train_s']} s of training, best validation loss "
+                  f"{sel['best_valid_loss']:.3f} at step {sel['best_step']}. Candidate weights: `best_loss` (the best "
+                  f"validation loss), `last` (the last step) and `soup3` (the mean of the states at steps "
+                  f"{', '.join(map(str, sel['soup3_steps']))}); scorings: `b20` (20 beams), `b20r` (20 beams, each step "
+                  "renormalised over the tokens the trie allows, `genrec evaluate renormalize=true`), `b40` (40 beams). "
+                  "Each ranks the first validation users; the best validation HR@10 is scored on the test split.", ""]
+        lines += _commands(sel)
+        lines += table(["weights", "scoring", "users", "valid HR@5", "valid HR@10", "valid NDCG@10", "valid HR@20",
+                        "coverage@10", "eval_s"],
+                       [[x["weights"], x["scoring"], f"{x['users']:,}", *metric_cells(x, ("hr@5", "hr@10", "ndcg@10", "hr@20")),
+                         "" if x.get("coverage@10") is None else f"{x['coverage@10']:.2f}", f"{x['eval_s']:.1f}"]
+                        for x in sel["selection"]], "llrrrrrrr")
+        lines += ["", f"Picked: {sel['picked']['weights']} with {sel['picked']['scoring']}. Test, all {t['users']:,} users "
+                      f"({t['eval_s']:.0f} s): HR@5 {f4(t['hr@5'])}, HR@10 {f4(t['hr@10'])}, NDCG@5 {f4(t['ndcg@5'])}, "
+                      f"NDCG@10 {f4(t['ndcg@10'])}, HR@20 {f4(t['hr@20'])}, hallucination {t['hallucination_rate']:.2%}, "
+                      f"coverage@10 {t['coverage_at_10']:.3f}.", ""]
+    smooth = r.get("genrec_label_smoothing")
+    if smooth:
+        variants = {k: v for k, v in smooth.items() if isinstance(v, dict) and "valid" in v}
+        lines += ["### `genrec_label_smoothing`", "",
+                  f"{smooth.get('device', '')}. Validation only; label smoothing changes the training loss alone, so the "
+                  "validation losses of the two are not comparable.", ""]
+        lines += _commands(smooth)
+        lines += table(["variant", "label smoothing", "steps", "train_s", "best step", "best valid loss", "users",
+                        "valid HR@5", "valid HR@10", "valid HR@20", "valid NDCG@10", "coverage@10"],
+                       [[n, v["label_smoothing"], v["steps"], v["train_s"], v["best_step"], f"{v['best_valid_loss']:.3f}",
+                         f"{v['valid']['users']:,}", *metric_cells(v["valid"], ("hr@5", "hr@10", "hr@20", "ndcg@10")),
+                         f"{v['valid']['coverage_at_10']:.3f}"] for n, v in variants.items()])
+        paired = smooth.get("paired_hits") or {}
+        if paired:
+            names = list(variants)
+            lines += ["", "Paired on the same users (hits; hits by one variant only): " + "; ".join(
+                f"{metric}: " + ", ".join(f"{n} {h[n]} ({h['only_' + n]} only)" for n in names)
+                for metric, h in paired.items()) + "."]
+        lines.append("")
+    return lines
+
+
+def _decoding_section(d: dict) -> list[str]:
+    lines = [f"## Constrained, unconstrained and grounded decoding (first {d['users']} {d['split']} users)", "",
+             f"One checkpoint ({d['checkpoint']}), prepared folder {d['prepared']}, {d['num_beams']} beams, top "
+             f"{d['top_k']}; {d['machine']}. `constrained`: beam search over the catalog trie. `unconstrained`: free beam "
+             "search, a title counts only when it is exactly a catalog title. `grounded`: the same free beams, each title "
+             "mapped to its nearest catalog item by embedding (BIGRec, genrec/rec/grounding.py). `hallucination`: share of "
+             "returned slots naming no catalog item; `generated`: the same share among the raw generated titles.", ""]
+    rows = []
+    for name, x in d["runs"].items():
+        gen = x.get("generated_hallucination_rate", x["hallucination_rate"] if name == "unconstrained" else None)
+        rows.append([name, *metric_cells(x, ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "hr@20", "ndcg@20")),
+                     f"{x['hallucination_rate']:.2%}", "" if gen is None else f"{gen:.2%}",
+                     f"{x['items_returned_per_user']:.1f}", f"{x['coverage@10']:.3f}", f"{x['eval_wall_s']:.0f}"])
+    lines += table(["decoding", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "HR@20", "NDCG@20", "hallucination", "generated",
+                    "items/user", "coverage@10", "eval wall s"], rows)
+    for name, x in d["runs"].items():
+        u = x.get("unmatched_titles")
+        if u:
+            lines += ["", f"`{name}`: of the generated titles naming no catalog item, {u['share_real_title_wrong_year']:.0%} "
+                          f"are a catalog title with another year; examples: " + ", ".join(f"`{t}`" for t in u["examples"]) + "."]
+    lines += ["", "Commands (in this order):", ""] + [f"    {x['command']}" for x in d["runs"].values() if x.get("command")]
+    lines += ["", d["note"], ""] if d.get("note") else [""]
+    return lines
+
+
+def render_markdown(r: dict) -> str:
     lines = [f"# Recommendation quality: {r['dataset']}", "",
-             f"{r['protocol']}; {r['users']:,} users, {r['items']:,} items (prepared folder {r['prepared']}, "
-             f"history_len 20 for the genrec prompts). Written by `bench/quality.py`. Machine: {r['machine']}.", ""]
-    if ds in PUBLISHED:
-        lines += [PUBLISHED[ds], ""]
-    lines += ["## All users", "", "| model | users | HR@5 | HR@10 | NDCG@5 | NDCG@10 | hallucination | train_s |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-
-    def line(label, x):
-        return (f"| {label} | {x['users']:,} | {fmt(x['hr@5'])} | {fmt(x['hr@10'])} | {fmt(x['ndcg@5'])} | "
-                f"{fmt(x['ndcg@10'])} | {x['hallucination_rate']:.2%} | {x['train_s']:.1f} |")
-
-    lines.append(line("pop", r["pop"]))
-    lines.append(line("pop, exclude_history", r["pop"]["variants"]["exclude_history"]))
-    lines.append(line("sasrec", r["sasrec"]))
-    lines.append(line("sasrec, exclude_history (same model)", r["sasrec"]["variants"]["exclude_history"]))
-    if g is None:
-        lines.append("| genrec | not run | | | | | | |")
+             generated_by("python bench/quality.py --render"), "",
+             f"{r['protocol']}; {r['users']:,} users, {r['items']:,} items (prepared folder {r['prepared']}). "
+             f"Machine of the baselines: {r['machine']}.", ""]
+    if r.get("published"):
+        p = r["published"]
+        lines += ["Published on this split (HR@10 / NDCG@10): " + "; ".join(
+            f"{name.upper() if name == 'tiger' else 'SASRec' if name == 'sasrec' else name} {f4(m['hr@10'])} / "
+            f"{f4(m['ndcg@10'])}" for name, m in p.items()) + ".", ""]
+    rows = genrec_rows(r)
+    lines += ["## All users", ""]
+    lines += table(ROW_HEADER, _baseline_rows(r, "all") + [_row(f"`{n}`", x) for n, x in rows if x["users"] == r["users"]])
     lines.append("")
-    if g is not None and "subsample" in r["pop"]["variants"]:
-        lines += [f"## Subsample: the first {g['users']:,} test users by user id (all four rows on the same users)", "",
-                  "| model | users | HR@5 | HR@10 | NDCG@5 | NDCG@10 | hallucination | train_s |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|",
-                  line("pop", r["pop"]["variants"]["subsample"]),
-                  line("pop, exclude_history", r["pop"]["variants"]["subsample_exclude_history"]),
-                  line("sasrec", r["sasrec"]["variants"]["subsample"]),
-                  line("sasrec, exclude_history (same model)", r["sasrec"]["variants"]["subsample_exclude_history"]),
-                  line(f"**genrec** (tiny, {g['sft_steps']} SFT steps)", g), ""]
+    sub = r["pop"]["variants"].get("subsample")
+    if sub:
+        lines += [f"## Subsample: the first {sub['users']:,} test users by user id (every row on the same users)", ""]
+        lines += table(ROW_HEADER, _baseline_rows(r, "subsample")
+                       + [_row(f"`{n}`", x) for n, x in rows if x["users"] == sub["users"]])
+        lines.append("")
+    others = [(n, x) for n, x in rows if x["users"] not in (r["users"], sub and sub["users"])]
+    if others:
+        lines += ["## Other user counts", ""] + table(ROW_HEADER, [_row(f"`{n}`", x) for n, x in others]) + [""]
     s = r["sasrec"]
-    lines += ["## How each number was produced", "",
+    lines += ["## Rows", "",
               "- **pop**: `genrec.rec.baselines.MostPopular`, counts over the training parts (validation and test "
               "targets never count); the same list for every user. `exclude_history` drops each user's history items.",
               f"- **sasrec**: `genrec.rec.baselines.SASRec` on CPU (hidden 64, 2 blocks, 1 head, dropout 0.2, max_len 50, "
               f"loss {s['loss']}, Adam 1e-3, batch 128), validation NDCG@10 every {s['eval_every']} epochs, early stopping "
-              f"after 10 passes without gain, "
-              f"max_train_s={s['max_train_s']}: ran {s['epochs_run']} epochs, best epoch {s['best_epoch']}, stopped by "
-              f"{s['stopped_by']}; train_s includes its validation passes. The `exclude_history` row is the same trained "
-              "model with each user's history items removed from the ranking (S3-Rec's evaluation code does this; the "
-              "published protocol and `genrec evaluate`'s default do not).",
+              f"after 10 passes without gain, max_train_s={s['max_train_s']}, {s.get('torch_threads', 1)} torch thread(s): "
+              f"ran {s['epochs_run']} epochs, best epoch {s['best_epoch']}, stopped by {s['stopped_by']}; train_s includes "
+              "its validation passes. The `exclude_history` row is the same trained model with each user's history items "
+              "removed from the ranking (S3-Rec's evaluation code does this; the published protocol and `genrec "
+              "evaluate`'s default do not).",
               "- Hallucination for pop and SASRec is 0 by construction: they score catalog indices."]
-    if g is not None:
-        f = g["sft_final"]
-        lines += [
-            f"- **genrec**: {g['model']}, `genrec train-sft` (genrec.train.launch.train_sft) for **{g['sft_steps']} optimizer "
-            f"steps** of {g['sft_workers']} DDP CPU workers x {g['micro_batch_tokens']} packed tokens "
-            f"({g['sft_tokens_per_step']:,} token slots a step), lr {g['lr']}, cosine schedule; final train loss "
-            f"{f.get('loss', float('nan')):.3f}, validation loss {f.get('valid_loss', float('nan')):.3f}. "
-            f"train_s = {g['train_s']:.0f} s is the wall time of the whole train_sft call (Ray start, tokenizer and token shards unless already built, training, export). "
-            f"That is a small fraction of one epoch ({sft['config']['max_steps']} steps; see `sft` in bench/work/quality/{ds}/sft.json), "
-            "so this row is a short-budget CPU point, not a converged model.",
-            f"- genrec is scored by `genrec evaluate model=checkpoint` (genrec.rec.evaluate.evaluate) on the `{g['checkpoint']}` "
-            f"checkpoint: catalog-constrained beam search, {g['num_beams']} beams, top 20, length_penalty 0, "
-            f"max_len {g['eval_max_len']} (prompt budget {g['eval_max_len']} - longest title), "
-            f"on the **first {g['users']:,} test users by user id only** (max_users={g['users']}; eval wall "
-            f"{g['eval_wall_s']:.0f} s). **Partial**: the acceptance asks for all {r['users']:,} users. The pop and SASRec "
-            f"subsample rows are computed from the same full-ranking runs restricted to exactly these users "
-            f"(checked: {g['same_users_as_baseline_subsample']}).",
-            f"- Hallucination rate for genrec is measured on the returned ids (0 by construction under the trie); "
-            f"items returned per user {g['items_returned_per_user']}, catalog coverage@10 {g['coverage@10']:.4f}.",
-        ]
-    lines += [f"- {n}" for n in args.notes]
-    lines += ["", "Commands:", ""] + [f"    {c}" for c in args.commands] + [""]
-    return "\n".join(lines)
+    for name, g in rows:
+        if "sft_final" in g:  # a row of this script's own sft and genrec stages
+            f = g["sft_final"]
+            lines += [
+                f"- `{name}`: {g['model']}, `genrec train-sft` (genrec.train.launch.train_sft) for {g['sft_steps']} optimizer "
+                f"steps (of max_steps {g.get('sft_max_steps', g['sft_steps'])}) of {g['sft_workers']} DDP CPU workers x "
+                f"{g['micro_batch_tokens']} packed tokens ({g['sft_tokens_per_step']:,} token slots a step), lr {g['lr']}, "
+                f"cosine schedule; final train loss {f.get('loss', float('nan')):.3f}, validation loss "
+                f"{f.get('valid_loss', float('nan')):.3f}. train_s = {g['train_s']:.0f} s is the wall time of the whole "
+                "train_sft call (Ray start, tokenizer and token shards unless already built, training, export). Scored by "
+                f"`genrec evaluate model=checkpoint` on the `{g['checkpoint']}` checkpoint: catalog-constrained beam search, "
+                f"{g['num_beams']} beams, top 20, length_penalty 0, max_len {g['eval_max_len']}, on the first "
+                f"{g['users']:,} test users by user id (eval wall {g['eval_wall_s']:.0f} s; the same users as the "
+                f"baselines' subsample: {g['same_users_as_baseline_subsample']}); items returned per user "
+                f"{g['items_returned_per_user']}, catalog coverage@10 {g['coverage@10']:.4f}."]
+        else:
+            lines += [f"- `{name}`: " + "\n".join(_describe(g))]
+    lines += [f"- {n}" for n in r.get("notes") or []]
+    lines += [""] + _commands(r)
+    lines += _gpu_sections(r)
+    if r.get("decoding_first_300_users"):
+        lines += _decoding_section(r["decoding_first_300_users"])
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["prepare", "baselines", "sft", "genrec", "report"])
-    p.add_argument("--dataset", choices=sorted(DATASETS), default="toys")
+    p.add_argument("stage", nargs="?", choices=["prepare", "baselines", "sft", "genrec", "report"])
+    p.add_argument("--dataset", choices=sorted(DATASETS), default=None, help="default: toys (--render: every data set)")
     p.add_argument("--subsample", type=int, default=2000, help="baselines: also score the first N test users by id")
     p.add_argument("--sasrec-max-train-s", type=float, default=300.0)
     p.add_argument("--sasrec-epochs", type=int, default=200)
@@ -365,7 +530,16 @@ def main(argv=None) -> int:
     p.add_argument("--eval-max-len", type=int, default=512, help="genrec: EvaluateConfig.max_len (prompt budget = this - longest title + 1)")
     p.add_argument("--commands", nargs="*", default=[], help="report: the command lines to list")
     p.add_argument("--notes", nargs="*", default=[], help="report: extra notes on how the run went")
+    add_render_flag(p, "bench/results/quality_<dataset>.md")
     args = p.parse_args(argv)
+    if args.render:
+        for ds in [args.dataset] if args.dataset else DATASETS:
+            if (RESULTS / f"quality_{ds}.json").exists():
+                render_results(RESULTS / f"quality_{ds}.json", render_markdown)
+        return 0
+    if args.stage is None:
+        p.error("a stage, or --render")
+    args.dataset = args.dataset or "toys"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     {"prepare": stage_prepare, "baselines": stage_baselines, "sft": stage_sft, "genrec": stage_genrec,
      "report": stage_report}[args.stage](args)

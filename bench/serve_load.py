@@ -15,6 +15,7 @@ OMP_NUM_THREADS=1; the plain server is set to match), one replica, no autoscalin
 
     python bench/serve_load.py                  # writes bench/results/serve_load.json and .md
     python bench/serve_load.py --requests 300   # a quick look
+    python bench/serve_load.py --render         # rewrite serve_load.md from serve_load.json
 
 The model is the offline tiny Llama (random weights: decoding cost does not depend on training).
 """
@@ -30,14 +31,12 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-WORK = ROOT / "bench" / "work" / "serve_load"
-RESULTS = ROOT / "bench" / "results"
+from common import RESULTS, WORK as BENCH_WORK, add_render_flag, generated_by, render_results, table, write_results
+
+WORK = BENCH_WORK / "serve_load"
 LEVELS = (1, 2, 4, 8, 16, 32)
 SHARES = (0.05, 0.075, 0.125, 0.175, 0.25, 0.325)  # of the requests per level: more where it is fast
 
@@ -56,7 +55,8 @@ def make_inputs(args) -> list[dict]:
     from genrec.config import PrepareConfig, SourceConfig, SynthInteractionsConfig
     from genrec.data.prepare import prepare
     from genrec.data.synth import synth_interactions
-    from genrec.models.loading import TinySettings, load_model_and_tokenizer, save_checkpoint
+    from genrec.config import TinyModel
+    from genrec.models.loading import load_model_and_tokenizer, save_checkpoint
 
     prepared, ckpt = WORK / "prepared", WORK / "ckpt"
     if not (prepared / "catalog.parquet").exists():
@@ -69,8 +69,7 @@ def make_inputs(args) -> list[dict]:
         titles = pq.read_table(prepared / "catalog.parquet").column("title").to_pylist()
         model, tokenizer = load_model_and_tokenizer(
             "tiny", texts=titles, device="cpu",
-            tiny_settings=TinySettings(vocab_size=2048, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                                       num_attention_heads=4))
+            tiny_size=TinyModel(vocab_size=2048, hidden=args.hidden, layers=args.layers, heads=4))
         save_checkpoint(ckpt, model, tokenizer, "sft", {"model": "tiny"}, {})
     histories = pq.read_table(prepared / "test", columns=["history_item_ids"]).column("history_item_ids").to_pylist()
     rng = random.Random(0)
@@ -89,7 +88,9 @@ def plain_server(port: int, overrides: list[str]) -> None:
     import torch
     import uvicorn
 
-    from genrec.config import ServeConfig, load_config
+    from genrec.config import ServeConfig
+
+    from genrec.config_loader import load_config
     from genrec.serve.api import Backends, LocalBackend, create_api
     from genrec.serve.recommender import RecommenderModel
 
@@ -184,7 +185,9 @@ def model_only(args, bodies: list[dict]) -> dict:
     what batching can save before any HTTP is involved."""
     import torch
 
-    from genrec.config import ServeConfig, load_config
+    from genrec.config import ServeConfig
+
+    from genrec.config_loader import load_config
     from genrec.serve.recommender import RecommenderModel
 
     threads = torch.get_num_threads()
@@ -221,7 +224,11 @@ def main() -> None:
     parser.add_argument("--wait-ms", type=float, default=5.0, help="batch_wait_timeout of the batched server")
     parser.add_argument("--plain-server", type=int, default=0, help=argparse.SUPPRESS)  # internal: run the baseline
     parser.add_argument("--out", default=str(RESULTS / "serve_load.json"))
+    add_render_flag(parser, "the markdown beside --out")
     args = parser.parse_args()
+    if args.render:
+        render_results(args.out, render_markdown)
+        return
     if args.plain_server:
         plain_server(args.plain_server, json.loads(os.environ["GENREC_PLAIN_OVERRIDES"]))
         return
@@ -230,7 +237,9 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from genrec.config import ServeConfig, load_config
+    from genrec.config import ServeConfig
+
+    from genrec.config_loader import load_config
     from genrec.serve.launch import start_serve
 
     load_at_start = os.getloadavg()[0]  # the box may be shared: say how busy it was
@@ -272,40 +281,35 @@ def main() -> None:
     }
     results["ratios"] = {"batched_over_plain_rps": results["batched"]["rps"] / results["plain"]["rps"],
                          "batched_over_unbatched_rps": results["batched"]["rps"] / results["unbatched"]["rps"]}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    out.with_suffix(".md").write_text(markdown(results))
-    print(markdown(results))
+    print(write_results(args.out, results, render_markdown))
 
 
-def markdown(results: dict) -> str:
+def render_markdown(results: dict) -> str:
     setup = results["setup"]
     lines = [
         "# Serving load: POST /v1/recommend on loopback", "",
+        generated_by("python bench/serve_load.py --render"), "",
         f"{setup['requests_per_server']} requests per server over concurrency {setup['levels']}; k={setup['k']}, "
         f"{setup['num_beams']} beams, {setup['catalog_items']} catalog items; {setup['model']}; "
         f"{setup['machine']}, one torch thread per model process. Batched: max_batch_size "
         f"{setup['batched']['max_batch_size']}, wait {setup['batched']['batch_wait_timeout_ms']} ms. "
         f"Load average (1 min) at start / end: {setup['load_average_1min']['start']:.1f} / "
         f"{setup['load_average_1min']['end']:.1f} (other jobs share the machine: compare rows of one run only).", "",
-        "| server | req/s | p50 ms | p95 ms | p99 ms | errors |", "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name in ("batched", "unbatched", "plain"):
-        r = results[name]
-        lines.append(f"| {name} | {r['rps']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} |")
+    lines += table(["server", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"],
+                   [[name, f"{r['rps']:.1f}", f"{r['p50_ms']:.0f}", f"{r['p95_ms']:.0f}", f"{r['p99_ms']:.0f}", r["errors"]]
+                    for name, r in ((n, results[n]) for n in ("batched", "unbatched", "plain"))])
     mean = results["batched"]["batching"]["mean_batch_size"]
     lines += ["", f"Mean batch the batched Recommender formed (warm-up included): {mean:.2f} requests.", "",
               "Beam search alone, ms per request by batch size (no HTTP): " + ", ".join(
                   f"{size}: {ms:.1f}" for size, ms in results["model_only_ms_per_request"].items()) + "."]
     lines += ["", f"batched / plain throughput: {results['ratios']['batched_over_plain_rps']:.2f}x; "
               f"batched / unbatched: {results['ratios']['batched_over_unbatched_rps']:.2f}x", "",
-              "Per concurrency level (req/s, p50 ms, p99 ms):", "",
-              "| concurrency | " + " | ".join(("batched", "unbatched", "plain")) + " |", "| ---: | --- | --- | --- |"]
-    for level in map(str, setup["levels"]):
-        cells = [f"{results[n]['levels'][level]['rps']:.1f}, {results[n]['levels'][level]['p50_ms']:.0f}, "
-                 f"{results[n]['levels'][level]['p99_ms']:.0f}" for n in ("batched", "unbatched", "plain")]
-        lines.append(f"| {level} | " + " | ".join(cells) + " |")
+              "Per concurrency level (req/s, p50 ms, p99 ms):", ""]
+    lines += table(["concurrency", "batched", "unbatched", "plain"],
+                   [[level] + [f"{results[n]['levels'][level]['rps']:.1f}, {results[n]['levels'][level]['p50_ms']:.0f}, "
+                               f"{results[n]['levels'][level]['p99_ms']:.0f}" for n in ("batched", "unbatched", "plain")]
+                    for level in map(str, setup["levels"])], "rlll")
     return "\n".join(lines) + "\n"
 
 

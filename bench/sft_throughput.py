@@ -3,6 +3,7 @@
     python bench/sft_throughput.py                                        # CPU, tiny Llama, synthetic rows, < 1 min
     python bench/sft_throughput.py --device cuda --shape qwen2-0.5b [--compile] [--out entry.json]
     python bench/sft_throughput.py --merge entry.json [more.json ...]   # into bench/results
+    python bench/sft_throughput.py --render                             # sft_throughput.md from its JSON
 
 On real prompts (the `cpu` entry in bench/results: Amazon Toys), in two steps:
 
@@ -35,6 +36,7 @@ sft_throughput.md. Runs where Ray is not installed: nothing here or in what it i
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import platform
@@ -48,9 +50,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the GPU machine runs this from a bare checkout, genrec not installed
-
+# common puts the repository root on sys.path: the GPU machine runs this from a bare checkout, genrec not installed
+from common import RESULTS, add_render_flag, generated_by, random_causal_lm, render_results, table, versions, \
+    write_json, write_results
 from genrec.config import SFTConfig  # noqa: E402
 from genrec.train.batching import IGNORE_INDEX, TokenRows, load_token_rows, usable_rows  # noqa: E402
 from genrec.train.sft import train_loop  # noqa: E402
@@ -69,7 +71,6 @@ SHAPES = {
                        num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
     },
 }
-RESULTS = ROOT / "bench" / "results"
 PREPARE_STATS = "_bench_prepare.json"  # written by --prepare-tokens beside tokenizer/ and tokens/
 # What the issue measured on one H200 for this shape (seq 512, batch 16, bf16), and its goal.
 GPU_REFERENCE = ("Reference from the issue, one H200, Qwen2-0.5B, seq 512, batch 16, bf16: TRL SFTTrainer defaults "
@@ -83,13 +84,8 @@ def build_model(shape: dict, device: str) -> torch.nn.Module:
         from genrec.models.tiny import tiny_config, tiny_model
 
         return tiny_model(tiny_config(**shape["config"]), seed=0).to(device)
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[shape["arch"]]
-    config = config_cls(**shape["config"])
-    config._attn_implementation = "sdpa"  # both contenders; flash-attention is not assumed installed
-    torch.manual_seed(0)
-    return model_cls(config).to(device)
+    # SDPA for both contenders: flash-attention is not assumed installed. fp32 weights (autocast on CUDA).
+    return random_causal_lm(shape["arch"], shape["config"], device=device, seed=0)
 
 
 def make_rows(n: int, seq_len: int, vocab: int, seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:
@@ -291,8 +287,8 @@ def contenders(args) -> list[str]:
         if not any(n.startswith("trl") for n in names):
             return names
     try:
-        import datasets  # noqa: F401
-        import trl  # noqa: F401
+        importlib.import_module("datasets")
+        importlib.import_module("trl")
     except ImportError as e:
         print(f"TRL contenders skipped: {e}", file=sys.stderr)
         return names
@@ -300,15 +296,7 @@ def contenders(args) -> list[str]:
 
 
 def environment(args) -> dict:
-    import transformers
-
-    env = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
-    try:
-        import trl
-
-        env["trl"] = trl.__version__
-    except ImportError:
-        env["trl"] = None
+    env = versions("torch", "transformers", "python", "trl")  # trl None where it is not installed
     env["device_name"] = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     if args.device == "cpu":
         env["threads"] = 1
@@ -346,7 +334,7 @@ def run_all(args) -> dict:
             entry["failed"] = failed
         add_ratios(entry)
         if args.out:
-            Path(args.out).write_text(json.dumps(entry, indent=2) + "\n")
+            write_json(args.out, entry)
     return entry
 
 
@@ -396,7 +384,8 @@ def merge(paths: list[str]) -> None:
     """Entries written with --out into bench/results, each under its device key. An entry for a key
     already merged in this call with another transformers version adds its contenders to it, named
     `name@transformers-X.Y`; keys not in this call are left as they are."""
-    data = json.loads((RESULTS / "sft_throughput.json").read_text()) if (RESULTS / "sft_throughput.json").exists() else {}
+    path = RESULTS / "sft_throughput.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
     merged: dict = {}
     for path in paths:
         entry = json.loads(Path(path).read_text())
@@ -412,26 +401,24 @@ def merge(paths: list[str]) -> None:
         for name, error in entry.get("failed", {}).items():
             base.setdefault("failed", {})[f"{name}@transformers-{entry['transformers']}"] = error
         add_ratios(base)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sft_throughput.json").write_text(json.dumps(data, indent=2) + "\n")
-    (RESULTS / "sft_throughput.md").write_text(markdown(data))
+    write_results(path, data, render_markdown)
 
 
-def write_results(key: str, entry: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def store_entry(key: str, entry: dict) -> None:
+    """The entry into bench/results/sft_throughput.json under its device key; the others are kept."""
     path = RESULTS / "sft_throughput.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     data[key] = entry
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    (RESULTS / "sft_throughput.md").write_text(markdown(data))
+    write_results(path, data, render_markdown)
 
 
-def markdown(data: dict) -> str:
+def render_markdown(data: dict) -> str:
     lines = ["# SFT throughput: genrec loop vs TRL SFTTrainer", "",
+             generated_by("python bench/sft_throughput.py --render"), "",
              "Same model, data and batch; response-only loss. Real tokens/s counts tokens of real sequences, "
              "not padding; tokens/s counts every token computed, padding included. The two `vs TRL default` columns "
              "are those over TRL's default (`ratio_vs_trl_default` in the JSON is the real-token one). Peak memory: "
-             "CUDA allocator peak on GPU, process peak RSS on CPU. Written by `bench/sft_throughput.py`.", ""]
+             "CUDA allocator peak on GPU, process peak RSS on CPU.", ""]
     for key, e in data.items():
         command = e.get("command") or ("python bench/sft_throughput.py" if key == "cpu" else "")
         cpu_share = any("cpu_per_wall" in r for r in e["contenders"].values())
@@ -442,23 +429,35 @@ def markdown(data: dict) -> str:
                   *data_lines(e.get("data")),
                   *([f"Run by {e['driver']}:", ""] if e.get("driver") else []),
                   *[f"    {c}" for c in [*e.get("data", {}).get("prepare_commands", []), command,
-                                         *e.get("extra_commands", [])] if c], "",
-                  "| contender | tokens/s | real tokens/s | real share | peak mem GiB | vs TRL default (tokens/s) "
-                  "| vs TRL default (real tokens/s) |" + (" CPU s / wall s |" if cpu_share else ""),
-                  "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if cpu_share else "")]
-        base = e["contenders"].get("trl_default")
+                                         *e.get("extra_commands", [])] if c], ""]
+        base, rows = e["contenders"].get("trl_default"), []
         for name, r in e["contenders"].items():
             ratio = lambda key: f"{r[key] / base[key]:.2f}x" if base else "n/a"
             mem = r.get("peak_mem_gib", r.get("peak_mem_gb"))
-            lines.append(f"| {name} | {r['tokens_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | "
-                         f"{r['real_fraction']:.1%} | {mem:.2f} | {ratio('tokens_per_s')} | {ratio('real_tokens_per_s')} |"
-                         + (f" {r['cpu_per_wall']:.2f} |" if "cpu_per_wall" in r else " |" * cpu_share))
-        lines += [f"| {name} | failed: {error} | | | | | |" + " |" * cpu_share for name, error in e.get("failed", {}).items()]
+            rows.append([name, f"{r['tokens_per_s']:,.0f}", f"{r['real_tokens_per_s']:,.0f}", f"{r['real_fraction']:.1%}",
+                         f"{mem:.2f}", ratio("tokens_per_s"), ratio("real_tokens_per_s")]
+                        + ([f"{r['cpu_per_wall']:.2f}" if "cpu_per_wall" in r else ""] if cpu_share else []))
+        rows += [[name, f"failed: {error}", "", "", "", "", ""] + [""] * cpu_share for name, error in e.get("failed", {}).items()]
+        lines += table(["contender", "tokens/s", "real tokens/s", "real share", "peak mem GiB", "vs TRL default (tokens/s)",
+                        "vs TRL default (real tokens/s)"] + (["CPU s / wall s"] if cpu_share else []), rows)
         lines.append("")
-        lines += [f"- {note}" for note in e.get("notes", [])] + ([""] if e.get("notes") else [])
+        notes = e.get("notes", []) + ([repeats_line(e["repeats"])] if e.get("repeats") else [])
+        lines += [f"- {note}" for note in notes] + ([""] if notes else [])
         if key == "gpu":
             lines += [GPU_REFERENCE, ""]
     return "\n".join(lines)
+
+
+def repeats_line(repeats: dict) -> str:
+    """Reruns of an entry's command whose contender JSON was not kept: the figures recorded for them."""
+    runs = "; ".join(f"genrec {r['genrec_tokens_ratio_vs_trl_default']:.2f}x on tokens/s and "
+                     f"{r['genrec_real_tokens_ratio_vs_trl_default']:.2f}x on real tokens/s ({r['genrec_tokens_per_s']:,} vs "
+                     f"TRL default {r['trl_default_tokens_per_s']:,} tokens/s)" for r in repeats["runs"])
+    line = f"{repeats['what']}: {runs}."
+    if repeats.get("trl_no_gc_ratio_vs_trl_default_range"):
+        low, high = repeats["trl_no_gc_ratio_vs_trl_default_range"]
+        line += f" trl_no_gc {low:.2f}x-{high:.2f}x."
+    return line
 
 
 def data_lines(data: dict | None) -> list[str]:
@@ -504,7 +503,11 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=512, help="with --prepare-tokens: max_len of the shards")
     parser.add_argument("--contender", help=argparse.SUPPRESS)  # set when the script runs one contender
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    add_render_flag(parser, "bench/results/sft_throughput.md")
     args = parser.parse_args()
+    if args.render:
+        render_results(RESULTS / "sft_throughput.json", render_markdown)
+        return
     if args.merge:
         merge(args.merge)
         return
@@ -526,8 +529,8 @@ def main() -> None:
         return
     entry = run_all(args)
     if not args.out:
-        write_results("gpu" if args.device == "cuda" else "cpu", entry)
-    print(markdown({"gpu" if args.device == "cuda" else "cpu": entry}))
+        store_entry("gpu" if args.device == "cuda" else "cpu", entry)
+    print(render_markdown({"gpu" if args.device == "cuda" else "cpu": entry}))
 
 
 if __name__ == "__main__":

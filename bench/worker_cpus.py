@@ -21,8 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import RESULTS, add_render_flag, generated_by, render_results, table, write_results
 
 
 def steady(metrics_file: Path, key: str) -> tuple[float, list]:
@@ -33,14 +32,18 @@ def steady(metrics_file: Path, key: str) -> tuple[float, list]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpus", type=int, nargs="+", default=[1, os.cpu_count()])
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--out", default=str(RESULTS), help="folder of worker_cpus.json and .md")
+    add_render_flag(parser, "worker_cpus.md")
     args = parser.parse_args(argv)
+    if args.render:
+        render_results(Path(args.out) / "worker_cpus.json", render_markdown)
+        return 0
 
     from genrec.config import PrepareJobsConfig, RewardConfig, SFTConfig
-    from genrec.jobs.prepare import prepare_jobs
+    from genrec.girl.prepare import prepare_jobs
     from genrec.runtime import start_local_ray
     from genrec.train.launch import METRICS_FILE, train_sft
     from genrec.train.reward import train_reward
@@ -69,23 +72,23 @@ def main(argv=None) -> int:
         row["sft_speedup"] = row["sft_tokens_per_s"] / rows[0]["sft_tokens_per_s"]
         row["reward_speedup"] = row["reward_pairs_per_s"] / rows[0]["reward_pairs_per_s"]
 
-    out = Path(args.out)
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "steps": args.steps,
               "sft": {k: v for k, v in sft.items() if k != "data_dir"},
               "reward": {k: v for k, v in reward.items() if k != "data_dir"}, "rows": rows}
-    (out / "worker_cpus.json").write_text(json.dumps(result, indent=2))
-    lines = ["# cpus_per_worker: one Ray Train CPU worker, 1 core against more (bench/worker_cpus.py)", "",
-             f"{result['machine']}; {args.steps} steps each, the first log window left out; SFT: tiny Llama h96 x 2 "
-             "layers, 2,048-token micro-batches; reward model: tiny h64 x 2 layers, 32 pairs of 192 tokens a step.", "",
-             "| cpus_per_worker | torch threads | SFT tokens/s | SFT speedup | reward pairs/s | reward speedup |",
-             "|---:|---|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['cpus_per_worker']} | {r['sft_torch_threads']} / {r['reward_torch_threads']} | "
-                     f"{r['sft_tokens_per_s']:,.0f} | {r['sft_speedup']:.2f}x | {r['reward_pairs_per_s']:,.1f} | "
-                     f"{r['reward_speedup']:.2f}x |")
-    (out / "worker_cpus.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(write_results(Path(args.out) / "worker_cpus.json", result, render_markdown))
     return 0
+
+
+def render_markdown(result: dict) -> str:
+    lines = ["# cpus_per_worker: one Ray Train CPU worker, 1 core against more (bench/worker_cpus.py)", "",
+             generated_by("python bench/worker_cpus.py --render"), "",
+             f"{result['machine']}; {result['steps']} steps each, the first log window left out; SFT: tiny Llama h96 x 2 "
+             "layers, 2,048-token micro-batches; reward model: tiny h64 x 2 layers, 32 pairs of 192 tokens a step.", ""]
+    lines += table(["cpus_per_worker", "torch threads", "SFT tokens/s", "SFT speedup", "reward pairs/s", "reward speedup"],
+                   [[r["cpus_per_worker"], f"{r['sft_torch_threads']} / {r['reward_torch_threads']}",
+                     f"{r['sft_tokens_per_s']:,.0f}", f"{r['sft_speedup']:.2f}x", f"{r['reward_pairs_per_s']:,.1f}",
+                     f"{r['reward_speedup']:.2f}x"] for r in result["rows"]], "rlrrrr")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

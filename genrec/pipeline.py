@@ -9,8 +9,8 @@ The config lists stages, each a `genrec` verb with its config keys; "{run}" in a
 replaced by the run directory, so each stage reads what the one before wrote. Overrides:
 `out_dir=DIR`, `only=[synth,prepare]` (run these stages, in the listed order of the config),
 and `<stage>.<key>=value` for a stage's config (`sft.max_steps=50`). Every stage's config is built
-before the first runs, so a wrong key fails at once. A stage whose verb is not in this genrec (its
-module not there yet) is skipped with a message, or fails the run with `skip_missing=false`.
+before the first runs, so a wrong key fails at once. A stage whose verb is not in this genrec
+(genrec/stages.py) is skipped with a message, or fails the run with `skip_missing=false`.
 Results go to <run>/pipeline.json and, with plots, <run>/report.md.
 
 Under `ray job submit` the script runs in a copy of the working dir that is deleted with the job:
@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from genrec.config import ConfigError, Override, field, from_dict, load_config
+from genrec.config_loader import ConfigError, Override, field, from_dict, load_config
+from genrec.stages import STAGES
 
 log = logging.getLogger("genrec.pipeline")
 
@@ -107,17 +108,15 @@ def _stage_override(item: str, names: list | None) -> bool:
 
 def plan(cfg: PipelineConfig) -> list[dict]:
     """Each stage to run, with its built config or the reason it is skipped."""
-    from genrec.cli import VERBS
-
     run = str(Path(cfg.out_dir).resolve())
     steps, skipped = [], set()
     for stage in cfg.stages:
         if cfg.only and stage["name"] not in cfg.only:
             continue
-        verb = VERBS.get(stage["verb"])
+        known = STAGES.get(stage["verb"])
         lacking = [n for n in stage.get("needs", []) if n in skipped]
-        if verb is None or lacking:
-            reason = (f"verb `genrec {stage['verb']}` is not in this genrec (its module is missing)" if verb is None
+        if known is None or lacking:
+            reason = (f"verb `genrec {stage['verb']}` is not in this genrec" if known is None
                       else f"it needs {lacking}, skipped")
             skipped.add(stage["name"])
             if not cfg.skip_missing:
@@ -126,15 +125,15 @@ def plan(cfg: PipelineConfig) -> list[dict]:
             continue
         values = fill_run(copy.deepcopy(stage.get("config") or {}), run)
         try:
-            config = from_dict(verb.config_cls, values)
+            config = from_dict(known.config_cls, values)
         except ConfigError as e:
             raise ConfigError(f"stage {stage['name']} (genrec {stage['verb']}): {e}") from None
-        steps.append({"name": stage["name"], "verb": stage["verb"], "run": verb.run, "config": config})
+        steps.append({"name": stage["name"], "verb": stage["verb"], "run": known.run, "config": config})
     return steps
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
-    from genrec.config import save_config
+    from genrec.config_loader import save_config
     from genrec.runtime import init_ray
 
     steps = plan(cfg)  # every config checked before anything runs

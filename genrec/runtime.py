@@ -8,7 +8,7 @@ from pathlib import Path
 
 import ray
 
-from genrec.config import absolute_input_paths
+from genrec.config_loader import absolute_input_paths
 
 # Ray Train's controller polls its workers this often (Ray's default: 2 s), and a run ends only at
 # the poll after its workers finish: on a laptop that is seconds of every short run. A local
@@ -57,11 +57,12 @@ def init_ray(object_store_gb: float = 0.0) -> None:
     quiet_ray_data()
 
 
-def worker_resources(cfg) -> dict:
-    """What each Ray Train worker of an SFT or reward run reserves: cpus_per_worker CPUs, plus a GPU
+def worker_resources(workers) -> dict:
+    """What each Ray Train worker of a stage reserves (`workers`: its config.RayTrain section):
+    cpus_per_worker CPUs, plus a GPU
     with use_gpu. Ray sets a worker's OMP_NUM_THREADS, and so torch's thread count, to its CPUs:
     with Ray's default of one CPU a worker trains on one core however many its node has."""
-    return {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    return {"CPU": workers.cpus_per_worker, **({"GPU": 1} if workers.use_gpu else {})}
 
 
 def for_train_workers(cfg):

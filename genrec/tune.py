@@ -12,35 +12,39 @@
 
 The trial function only drives: it holds next to no resources itself (TRIAL_DRIVER_CPU), the stage's
 Ray Train workers (or PPO actors) do, so the number of trials at once is the cluster's CPUs (or
-GPUs) over what one trial needs. A stage becomes tunable by an entry in STAGES: its config class and a
-`fit(cfg, callbacks) -> final metrics` that hands `callbacks` to its TorchTrainer's RunConfig
-(a stage that is not a Ray Train run, such as PPO's actor loop, calls `ray.tune.report` itself
-and ignores them). Every report must carry the stage's `metric` (what ASHA prunes on).
+GPUs) over what one trial needs. A stage becomes tunable by a `Sweep` on its record in
+genrec/stages.py: its metric and mode, and a `fit(cfg, callbacks) -> final metrics` that hands
+`callbacks` to its TorchTrainer's RunConfig (a stage that is not a Ray Train run, such as PPO's actor
+loop, calls `ray.tune.report` itself and ignores them). Every report must carry the stage's `metric`
+(what ASHA prunes on).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import ray
 import yaml
 
-from genrec.config import (ConfigError, PPOConfig, PrepareConfig, RewardConfig, SFTConfig, TuneConfig,
-                           absolute_input_paths, from_dict, load_config, save_config)
+from genrec.config import PPOConfig, PrepareConfig, RewardConfig, SFTConfig, TuneConfig
+
+from genrec.config_loader import (ConfigError, absolute_input_paths, from_dict, keys, load_config, renamed, save_config,
+                                  set_dotted)
 from genrec.runtime import init_ray, worker_resources
+from genrec.stages import STAGES, Sweep, resolve
 
 log = logging.getLogger("genrec.tune")
 
 PREPARE_KEYS = ("history_len",)  # swept keys of the prepare stage: each value is prepared once
 # Keys that decide an SFT run's tokenizer and token shards: trials that share them share one copy.
-TOKEN_KEYS = ("data_dir", "model", "vocab_size", "max_len", "format", "item_tokens")
+TOKEN_KEYS = ("data_dir", "model", "tiny.vocab_size", "max_len", "format", "item_tokens")
 # The trial function only waits on its TorchTrainer; Tune refuses a trial with no resources at all,
 # so it asks for a sliver of a CPU that never keeps a Ray Train worker from starting.
 TRIAL_DRIVER_CPU = 0.01
@@ -102,7 +106,7 @@ def ppo_resources(cfg: PPOConfig) -> dict:
 
 def train_workers(cfg) -> dict:
     """What one trial's Ray Train workers hold in all: num_workers times worker_resources."""
-    return {key: value * cfg.num_workers for key, value in worker_resources(cfg).items()}
+    return {key: value * cfg.ray_train.num_workers for key, value in worker_resources(cfg.ray_train).items()}
 
 
 def sft_final_step(trial_dir: Path):
@@ -123,35 +127,6 @@ def ppo_final_iteration(trial_dir: Path):
         return None
     metrics = read_metrics(trial_dir)
     return metrics[-1]["iteration"] if metrics else None
-
-
-@dataclass
-class Stage:
-    config_cls: type
-    fit: Callable[[Any, list], dict]  # (stage config, Ray Train callbacks) -> final metrics
-    adapt: Callable[[Any], Any] = lambda cfg: cfg  # settings a trial needs (e.g. reports at validation steps)
-    metric: str = "valid_loss"  # in every report: ASHA prunes on it, metric=valid picks the best by it
-    mode: str = "min"
-    x: str = "step"  # the metrics.jsonl key of a report's position (plots; finished or stopped early)
-    best_dir: str = "best"  # the trial's model that the best-config row points at
-    resources: Callable[[Any], dict] = train_workers  # what one trial holds besides its driver
-    # Bundles of the trial's own placement group for actors it starts itself (a TorchTrainer's
-    # workers get a placement group of their own, so sft and reward trials need none).
-    bundles: Callable[[Any], list] = lambda cfg: []
-    final_x: Callable[[Path], Any] = sft_final_step  # where a trial that ran to its end stopped (None: it did not)
-    # Pick by the metric's last report (the model a trial keeps is its last) rather than its best one.
-    pick_last: bool = False
-
-
-STAGES: dict[str, Stage] = {
-    "sft": Stage(SFTConfig, fit_sft, sft_for_tune),
-    "reward": Stage(RewardConfig, fit_reward, reward_for_tune, metric="valid_pairwise_acc", mode="max",
-                    best_dir="final", final_x=reward_final_step, pick_last=True),
-    # The learned reward is what PPO maximises; on the synthetic market `true_fit` is also in every
-    # report and results row, to catch a trial that games the reward model.
-    "ppo": Stage(PPOConfig, fit_ppo, metric="reward_mean", mode="max", x="iteration", best_dir="final",
-                 resources=ppo_resources, bundles=ppo_bundles, final_x=ppo_final_iteration, pick_last=True),
-}
 
 
 # ------------------------------------------------------------------------------------ search space
@@ -206,28 +181,30 @@ def tune(cfg: TuneConfig) -> dict:
 
     init_ray()
     stage = STAGES[cfg.stage]
-    if cfg.metric == "hr@10" and cfg.stage != "sft":
-        raise ConfigError(f"metric: hr@10 is measured for the sft stage only; use metric=valid for {cfg.stage}")
+    sweep = stage.sweep
+    if cfg.metric == "hr@10" and cfg.stage != "train-sft":
+        raise ConfigError(f"metric: hr@10 is measured for the train-sft stage only; use metric=valid for {cfg.stage}")
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    base = dict(yaml.safe_load(Path(cfg.base_config).read_text()) or {}) if cfg.base_config else {}
-    base.update(cfg.base)
+    from_file = yaml.safe_load(Path(cfg.base_config).read_text()) or {} if cfg.base_config else {}
+    base = merged(renamed(stage.config_cls, from_file), renamed(stage.config_cls, cfg.base))
     # Tune starts each trial in its trial folder: relative input paths are resolved here, in base
     # and in the values a search space lists.
     base.update(absolute_input_paths(stage.config_cls, base))
-    search_space = {key: absolute_listed_paths(stage.config_cls, key, spec) for key, spec in cfg.search_space.items()}
-    unknown = sorted(set(search_space) - {f.name for f in dataclasses.fields(stage.config_cls)} - set(PREPARE_KEYS))
+    search_space = {stage.config_cls.RENAMED.get(key, key): absolute_listed_paths(stage.config_cls, key, spec)
+                    for key, spec in cfg.search_space.items()}
+    unknown = sorted(set(search_space) - keys(stage.config_cls) - set(PREPARE_KEYS))
     if unknown:
         raise ConfigError(f"search_space: {unknown[0]!r} is not a key of {stage.config_cls.__name__}")
     base_cfg = from_dict(stage.config_cls, base)  # a bad base fails here, not in every trial
-    if cfg.stage == "reward" and base_cfg.backbone == "tfidf":
+    if cfg.stage == "train-reward" and base_cfg.backbone == "tfidf":
         raise ConfigError("backbone: tfidf is fitted in seconds without Ray Train or validation reports; tune a "
                           "neural backbone (tiny, minilm, an HF model)")
     data_dirs = prepare_variants(cfg, out)
-    token_cache = build_token_cache(cfg, base_cfg, data_dirs, out) if cfg.stage == "sft" else {}
+    token_cache = build_token_cache(cfg, base_cfg, data_dirs, out) if cfg.stage == "train-sft" else {}
 
-    per_trial = stage.resources(base_cfg)
+    per_trial = resolve(sweep.resources)(base_cfg)
     concurrency = cfg.max_concurrent_trials or max_trials_at_once(per_trial)
     log.info("tune %s: %d samples, %d trial(s) at once (each %s)", cfg.stage, cfg.num_samples, concurrency, per_trial)
     scheduler = (ASHAScheduler(time_attr="training_iteration", grace_period=cfg.grace_period,
@@ -241,15 +218,15 @@ def tune(cfg: TuneConfig) -> dict:
     tuner = ray_tune.Tuner(
         ray_tune.with_resources(run_trial, trial_placement),
         param_space=param_space,
-        tune_config=ray_tune.TuneConfig(metric=stage.metric, mode=stage.mode, scheduler=scheduler,
+        tune_config=ray_tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, scheduler=scheduler,
                                         num_samples=cfg.num_samples,
                                         search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=concurrency)),
         run_config=ray_tune.RunConfig(name="tune", storage_path=str(out / "ray"), verbose=0),
     )
     grid = tuner.fit()
-    rows = result_rows(grid, stage, out)
+    rows = result_rows(grid, sweep, out)
     best = write_results(cfg, rows, out)
-    log.info("tune done: best trial %s %s", best["trial"], {k: best.get(k) for k in (f"best_{stage.metric}", "hr@10")})
+    log.info("tune done: best trial %s %s", best["trial"], {k: best.get(k) for k in (f"best_{sweep.metric}", "hr@10")})
     return best
 
 
@@ -259,8 +236,27 @@ def trial_placement(config: dict):
     from ray.tune import PlacementGroupFactory
 
     stage = STAGES[config["stage"]]
-    values = {k: v for k, v in {**config["base"], **config["params"]}.items() if k not in PREPARE_KEYS}
-    return PlacementGroupFactory([{"CPU": TRIAL_DRIVER_CPU}, *stage.bundles(from_dict(stage.config_cls, values))])
+    if not stage.sweep.bundles:
+        return PlacementGroupFactory([{"CPU": TRIAL_DRIVER_CPU}])
+    values = trial_values(config["base"], {k: v for k, v in config["params"].items() if k not in PREPARE_KEYS})
+    bundles = resolve(stage.sweep.bundles)(from_dict(stage.config_cls, values))
+    return PlacementGroupFactory([{"CPU": TRIAL_DRIVER_CPU}, *bundles])
+
+
+def merged(base: dict, extra: dict) -> dict:
+    """`base` with `extra` on top, section by section (a section in both keeps the keys of both)."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def trial_values(base: dict, params: dict) -> dict:
+    """A trial's stage config: base with each sampled value set at its (dotted) key."""
+    values = copy.deepcopy(base)
+    for key, value in params.items():
+        set_dotted(values, key, value)
+    return values
 
 
 def max_trials_at_once(per_trial: dict) -> int:
@@ -308,19 +304,23 @@ def run_trial(config: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     stage = STAGES[config["stage"]]
+    sweep = stage.sweep
     trial_id = ray.tune.get_context().get_trial_id()
-    values = {**config["base"], **config["params"]}
-    if "history_len" in values:
+    params = dict(config["params"])
+    values = trial_values(config["base"], params)
+    if "history_len" in params:
         values["data_dir"] = config["data_dirs"][str(values.pop("history_len"))]
     values["out_dir"] = str(Path(config["trials_dir"]) / trial_id)
     if "run_name" in stage.config_cls.__dataclass_fields__:
         values["run_name"] = trial_id
-    cfg = stage.adapt(from_dict(stage.config_cls, values))
+    cfg = from_dict(stage.config_cls, values)
+    if sweep.adapt:
+        cfg = resolve(sweep.adapt)(cfg)
     link_tokens(cfg, config["token_cache"])
-    final = stage.fit(cfg, [TuneReportCallback()])
+    final = resolve(sweep.fit)(cfg, [TuneReportCallback()])
     if config["hr_users"]:
-        hr = validation_hr(cfg, Path(cfg.out_dir) / stage.best_dir, config["hr_users"])
-        ray.tune.report({stage.metric: final.get(stage.metric, math.nan), "step": final.get("step"), "hr@10": hr})
+        hr = validation_hr(cfg, Path(cfg.out_dir) / sweep.best_dir, config["hr_users"])
+        ray.tune.report({sweep.metric: final.get(sweep.metric, math.nan), "step": final.get("step"), "hr@10": hr})
 
 
 def link_tokens(cfg, cache: dict) -> None:
@@ -345,7 +345,7 @@ def validation_hr(cfg, checkpoint: Path, users: int) -> float:
 
 
 # --------------------------------------------------------------------------------------- results
-def result_rows(grid, stage: Stage, out: Path) -> list[dict]:
+def result_rows(grid, sweep: Sweep, out: Path) -> list[dict]:
     """One row per trial: its sampled values, how it ended, and its validation results."""
     rows = []
     for result in grid:
@@ -354,21 +354,21 @@ def result_rows(grid, stage: Stage, out: Path) -> list[dict]:
         trial_id = metrics.get("trial_id") or Path(result.path).name  # no metrics when it failed at once
         trial_dir = out / "trials" / trial_id
         history = result.metrics_dataframe
-        key = stage.metric
+        key = sweep.metric
         valid = history[key].dropna() if history is not None and key in history else pd.Series([], dtype=float)
         if result.error is not None:
             status = "error"  # ASHA stopping a trial mid-report can also surface as an error
-        elif stage.final_x(trial_dir) == metrics.get(stage.x):
+        elif resolve(sweep.final_x)(trial_dir) == metrics.get(sweep.x):
             status = "finished"
         else:
             status = "stopped early"  # (a stopped trial may still write its final model: Tune saw it stop)
-        row = {"trial": trial_id, **config.get("params", {}), "status": status, stage.x: metrics.get(stage.x),
+        row = {"trial": trial_id, **config.get("params", {}), "status": status, sweep.x: metrics.get(sweep.x),
                "reports": len(valid), key: metrics.get(key),
-               f"best_{key}": (float(valid.min() if stage.mode == "min" else valid.max()) if len(valid) else None)}
+               f"best_{key}": (float(valid.min() if sweep.mode == "min" else valid.max()) if len(valid) else None)}
         for extra in ("hr@10", "true_fit", "kl"):  # hr@10: sft with hr_users; true_fit, kl: PPO
             if extra in metrics:
                 row[extra] = metrics[extra]
-        row.update(model=str(trial_dir / stage.best_dir), error=str(result.error).splitlines()[0] if result.error else "")
+        row.update(model=str(trial_dir / sweep.best_dir), error=str(result.error).splitlines()[0] if result.error else "")
         rows.append(row)
     return rows
 
@@ -376,11 +376,11 @@ def result_rows(grid, stage: Stage, out: Path) -> list[dict]:
 def write_results(cfg: TuneConfig, rows: list[dict], out: Path) -> dict:
     """results.csv and results.md, best.json, and best_config.yaml (loadable by the stage's verb)."""
     table = pd.DataFrame(rows)
-    stage = STAGES[cfg.stage]
+    sweep = STAGES[cfg.stage].sweep
     if cfg.metric == "hr@10":
         key, ascending = "hr@10", False
     else:
-        key, ascending = (stage.metric if stage.pick_last else f"best_{stage.metric}"), stage.mode == "min"
+        key, ascending = (sweep.metric if sweep.pick_last else f"best_{sweep.metric}"), sweep.mode == "min"
     table = table.sort_values(key, ascending=ascending, na_position="last")
     table.to_csv(out / "results.csv", index=False)
     (out / "results.md").write_text(markdown_table(table, f"Tune {cfg.stage}: {len(table)} trials, best by {key}"))
@@ -407,8 +407,8 @@ def write_sweep_report(cfg: TuneConfig, table: pd.DataFrame, out: Path) -> Path:
     logs = {f"{row['trial']} ({row['status']})": out / "trials" / row["trial"] / "metrics.jsonl"
             for _, row in table.iterrows()}
     body = markdown_table(table, "").split("\n", 2)[2]  # without the title line
-    stage = STAGES[cfg.stage]
-    return write_report(out, [text("Trials", body), compare(f"{stage.metric} per trial", logs, stage.x, stage.metric)],
+    sweep = STAGES[cfg.stage].sweep
+    return write_report(out, [text("Trials", body), compare(f"{sweep.metric} per trial", logs, sweep.x, sweep.metric)],
                         title=f"Tune {cfg.stage}: {len(table)} trials")
 
 

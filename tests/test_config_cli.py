@@ -1,12 +1,15 @@
 """Configs from YAML and key=value overrides; the CLI's help and errors."""
+import dataclasses
+import logging
+import re
 import subprocess
 import sys
 
 import pytest
 
 from genrec.cli import main
-from genrec.config import (ConfigError, PPOConfig, PrepareConfig, RewardConfig, SFTConfig, SynthInteractionsConfig,
-                           describe, load_config)
+from genrec.config import Lora, PPOConfig, PrepareConfig, RewardConfig, SFTConfig, SynthInteractionsConfig
+from genrec.config_loader import ConfigError, describe, load_config
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -24,7 +27,7 @@ def test_yaml_then_overrides(tmp_path):
 
     assert load_config(EvaluateConfig, None, ["ks=1,5", "top_k=5", "num_beams=5"]).ks == [1, 5]
     assert load_config(EvaluateConfig, None, ["ks=[1, 5]", "top_k=5", "num_beams=5"]).ks == [1, 5]
-    assert load_config(PPOConfig, None, ["lora_target_modules=q_proj,v_proj"]).lora_target_modules == ["q_proj", "v_proj"]
+    assert load_config(PPOConfig, None, ["lora.target_modules=q_proj,v_proj"]).lora.target_modules == ["q_proj", "v_proj"]
 
 
 @pytest.mark.parametrize("override,key", [
@@ -42,6 +45,56 @@ def test_yaml_then_overrides(tmp_path):
 def test_bad_keys_and_types_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(PrepareConfig, None, [override])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("lora.r=0", "lora.r: must be at least 1, got 0"),
+    ("tiny.dropout=1.0", "tiny.dropout: must be less than 1, got 1.0"),
+    ("ray_train.num_workers=0", "ray_train.num_workers: must be at least 1, got 0"),
+    ("max_len=1", "max_len: must be at least 2, got 1"),
+    ("warmup_steps=-1", "warmup_steps: must be at least 0, got -1"),
+    ("pack_len=100", "pack_len: must be 0 or at least max_len=512"),  # a rule across fields: validate()
+])
+def test_bounds_are_declared_with_the_field_and_checked_however_the_config_is_built(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(SFTConfig, None, [override])
+    # Built in Python, not from a file: the same checks.
+    with pytest.raises(ConfigError, match="r: must be at least 1"):
+        Lora(r=0)
+    assert "(at least 1)" in dict((row[0], row[3]) for row in describe(SFTConfig))["lora.r"]
+
+
+def test_renamed_keys_still_load_under_their_new_names(caplog):
+    with caplog.at_level(logging.WARNING, logger="genrec.config"):
+        cfg = load_config(SFTConfig, None, ["tiny_layers=2", "lora=true", "lora_r=4", "num_workers=2"])
+    assert (cfg.tiny.layers, cfg.lora.enabled, cfg.lora.r, cfg.ray_train.num_workers) == (2, True, 4, 2)
+    assert cfg.tiny.hidden == 128 and cfg.lora.alpha == 32  # the rest of each section keeps its defaults
+    assert "tiny_layers is now tiny.layers" in caplog.text and "num_workers is now ray_train.num_workers" in caplog.text
+    # `lora:` written as the section it now is, not the old flag; PPO's own section default stays
+    assert load_config(PPOConfig, None, ["lora={r: 8}"]).lora == Lora(r=8, dropout=0.0)
+    assert load_config(RewardConfig, None, ["tiny.hidden=64"]).tiny.layers == 2  # the reward stage's default
+    from genrec.config import TuneConfig
+
+    with caplog.at_level(logging.WARNING, logger="genrec.config"):
+        assert load_config(TuneConfig, None, ["stage=sft"]).stage == "train-sft"
+    assert "stage=sft is now stage=train-sft" in caplog.text
+
+
+def test_every_stage_has_one_record_that_the_cli_pipeline_and_tune_read():
+    import typing
+
+    from genrec.config import TuneConfig
+    from genrec.stages import STAGES, SWEPT, resolve
+
+    assert set(typing.get_args(typing.get_type_hints(TuneConfig)["stage"])) == set(SWEPT) == {
+        "train-sft", "train-reward", "ppo"}
+    for stage in STAGES.values():
+        assert callable(resolve(stage.entry)), stage.name
+        for ref in filter(None, dataclasses.astuple(stage.sweep) if stage.sweep else ()):
+            if isinstance(ref, str) and ":" in ref:
+                assert callable(resolve(ref)), (stage.name, ref)
+    out = subprocess.run([sys.executable, "-m", "genrec.cli", "--help"], capture_output=True, text=True)
+    assert all(name in out.stdout for name in STAGES)
 
 
 @pytest.mark.parametrize("cls", [PrepareConfig, SFTConfig, SynthInteractionsConfig])
@@ -82,7 +135,7 @@ def test_paths_handed_to_train_workers_are_absolute_and_hub_ids_stay(tmp_path, m
 def test_tune_resolves_input_paths_in_base_and_search_space_lists(tmp_path, monkeypatch):
     """A Tune trial runs in its trial folder: a relative model or data_dir, in base or among a search
     space's choices, must be made absolute by the driver (non-path values stay)."""
-    from genrec.config import absolute_input_paths
+    from genrec.config_loader import absolute_input_paths
     from genrec.tune import absolute_listed_paths
 
     monkeypatch.chdir(tmp_path)

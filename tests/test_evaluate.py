@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import synth_and_prepare
-from genrec.config import EvaluateConfig
-from genrec.models.loading import TinySettings, load_model_and_tokenizer, save_checkpoint
+from genrec.config import EvaluateConfig, TinyModel
+from genrec.models.loading import load_model_and_tokenizer, save_checkpoint
 from genrec.rec.evaluate import evaluate
 from genrec.rec.metrics import ranking_metrics
 
@@ -20,7 +20,7 @@ def prepared_and_checkpoint(ray_session, tmp_path_factory):
     titles = pq.read_table(root / "prepared" / "catalog.parquet").column("title").to_pylist()
     model, tokenizer = load_model_and_tokenizer(
         "tiny", texts=titles, device="cpu",
-        tiny_settings=TinySettings(vocab_size=600, hidden_size=32, num_hidden_layers=1, num_attention_heads=2))
+        tiny_size=TinyModel(vocab_size=600, hidden=32, layers=1, heads=2))
     save_checkpoint(root / "ckpt", model, tokenizer, "sft", {}, {})
     return root
 

@@ -16,14 +16,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from genrec.config import PPOConfig, PrepareJobsConfig, RewardConfig, SFTConfig
-from genrec.data.jobs_synth import fit_of_text, parse_jd_text, true_fit
-from genrec.jobs import reward as R
+from genrec.config import PPOConfig, PrepareJobsConfig, RayTrain, RewardConfig, SFTConfig, TinyModel
+from genrec.girl.true_fit import fit_of_text, parse_jd_text, true_fit
+from genrec.girl import reward as R
 
 
 @pytest.fixture(scope="module")
 def market(ray_session, tmp_path_factory):
-    from genrec.jobs.prepare import prepare_jobs
+    from genrec.girl.prepare import prepare_jobs
 
     root = tmp_path_factory.mktemp("girl_market")
     # truncated_negatives: JD+ cut short is a negative, or PPO learns to write JDs short (tested below)
@@ -33,9 +33,10 @@ def market(ray_session, tmp_path_factory):
 
 
 def reward_config(root) -> RewardConfig:
-    return RewardConfig(data_dir=str(root / "jobs"), out_dir=str(root / "rm"), backbone="tiny", vocab_size=1000,
-                        tiny_hidden=64, tiny_layers=2, max_len=192, batch_size=32, lr=1e-3, warmup_steps=10,
-                        max_steps=300, log_every=50, eval_every=150, save_every=150, seed=0, cpus_per_worker=2)
+    return RewardConfig(data_dir=str(root / "jobs"), out_dir=str(root / "rm"), backbone="tiny",
+                        tiny=TinyModel(vocab_size=1000, hidden=64, layers=2), max_len=192, batch_size=32, lr=1e-3,
+                        warmup_steps=10, max_steps=300, log_every=50, eval_every=150, save_every=150, seed=0,
+                        ray_train=RayTrain(cpus_per_worker=2))
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +51,9 @@ def generator(market):
     from genrec.train.launch import train_sft
 
     return train_sft(SFTConfig(data_dir=str(market / "jobs" / "sft"), out_dir=str(market / "gen"), model="tiny",
-                               vocab_size=1000, tiny_hidden=96, tiny_layers=2, tiny_heads=4, max_len=384,
+                               tiny=TinyModel(vocab_size=1000, hidden=96, layers=2, heads=4), max_len=384,
                                micro_batch_tokens=2048, lr=2e-3, warmup_steps=10, max_steps=600, eval_every=300,
-                               save_every=1000, log_every=100, num_workers=1, cpus_per_worker=2))
+                               save_every=1000, log_every=100, ray_train=RayTrain(num_workers=1, cpus_per_worker=2)))
 
 
 def spearman(a, b) -> float:
@@ -89,7 +90,7 @@ def test_reward_model_learns_the_fit_and_resumes(market, reward_model):
 
 
 def test_generator_sft_lowers_validation_loss_and_its_jds_fit_better_than_random_jds(market, generator):
-    from genrec.jobs.recommend import JDGenerator
+    from genrec.girl.recommend import JDGenerator
 
     lines = [json.loads(line) for line in (market / "gen" / "metrics.jsonl").read_text().splitlines()]
     valid = [(m["step"], m["valid_loss"]) for m in lines if "valid_loss" in m]

@@ -5,7 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from genrec.config import ConfigError, EvaluateConfig, load_config
+from genrec.config import EvaluateConfig
+
+from genrec.config_loader import ConfigError, load_config
 from genrec.rec import grounding
 from genrec.rec.evaluate import evaluate
 from genrec.rec.grounding import Grounder

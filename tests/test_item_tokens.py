@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from conftest import synth_and_prepare
-from genrec.config import ConfigError, EvaluateConfig, SFTConfig
+from genrec.config import EvaluateConfig, Lora, SFTConfig, TinyModel
+from genrec.config_loader import ConfigError
 from genrec.data.item_tokens import add_item_tokens, catalog_token_ids, item_token, item_token_ids
 from genrec.data.templates import GENREC
 from genrec.data.tokenize import IGNORE_INDEX, batch_response_ids, prompt_ids, tokenize_sequence_rows
-from genrec.models.loading import TinySettings, load_model_and_tokenizer
+from genrec.models.loading import load_model_and_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def prepared(ray_session, tmp_path_factory):
 def tiny_with_items(prepared, seed=0):
     model, tokenizer = load_model_and_tokenizer(
         "tiny", texts=prepared["titles"], device="cpu",
-        tiny_settings=TinySettings(vocab_size=400, hidden_size=32, num_hidden_layers=1, num_attention_heads=2))
+        tiny_size=TinyModel(vocab_size=400, hidden=32, layers=1, heads=2))
     plain_vocab = len(tokenizer)
     assert add_item_tokens(tokenizer, prepared["ids"]) == len(prepared["ids"])
     model.resize_token_embeddings(len(tokenizer))
@@ -83,8 +84,8 @@ def test_item_ids_format_writes_each_item_as_its_token_alone(prepared):
     assert prompt_ids(tokenizer, GENREC, rows[:1], 1024, format="item_ids")[0] == encoded[0]["input_ids"][:-1]
     # A tokenizer without item tokens cannot write this format.
     _, bare = load_model_and_tokenizer("tiny", texts=prepared["titles"], device="cpu",
-                                       tiny_settings=TinySettings(vocab_size=400, hidden_size=32,
-                                                                  num_hidden_layers=1, num_attention_heads=2))
+                                       tiny_size=TinyModel(vocab_size=400, hidden=32,
+                                                                  layers=1, heads=2))
     assert len(bare) == plain_vocab
     with pytest.raises(ValueError, match="no item tokens"):
         tokenize_rows(bare, GENREC, rows[:1], 1024, format="item_ids")
@@ -133,8 +134,8 @@ def test_one_pass_ranking_equals_renormalised_beam_search_over_the_item_trie(pre
 def test_item_tokens_config_needs_the_sequence_format_and_full_fine_tuning():
     with pytest.raises(ConfigError, match="format=sequence"):
         SFTConfig(item_tokens=True)
-    with pytest.raises(ConfigError, match="lora=false"):
-        SFTConfig(item_tokens=True, format="sequence", lora=True)
+    with pytest.raises(ConfigError, match="lora.enabled=false"):
+        SFTConfig(item_tokens=True, format="sequence", lora=Lora(enabled=True))
     with pytest.raises(ConfigError, match="item_ids: .*item_tokens=true"):
         SFTConfig(format="item_ids")
     with pytest.raises(ConfigError, match="valid_rank_users: .*item_tokens=true"):
@@ -157,8 +158,8 @@ def test_train_evaluate_and_serve_an_item_token_model_beats_most_popular(prepare
     # Ray Data's workers kept the directory Ray started in, here not the one changed to below.
     monkeypatch.chdir(root)
     train_sft(SFTConfig(data_dir="prepared", out_dir=str(out), format=format, item_tokens=True,
-                        max_len=512, micro_batch_tokens=4096, tiny_hidden=64, tiny_layers=2, tiny_heads=2,
-                        vocab_size=512, lr=3e-3, warmup_steps=5, max_steps=30, log_every=10, eval_every=10,
+                        max_len=512, micro_batch_tokens=4096, tiny=TinyModel(hidden=64, layers=2, heads=2,
+                                                                             vocab_size=512), lr=3e-3, warmup_steps=5, max_steps=30, log_every=10, eval_every=10,
                         save_every=0, valid_rows=100, valid_rank_users=100))
     _, tokenizer, meta = load_checkpoint(out / "final", device="cpu")
     assert meta["config"]["item_tokens"] and len(item_token_ids(tokenizer)) == len(prepared["ids"])

@@ -148,8 +148,8 @@ def test_prepare_with_the_cli_then_sft_with_the_client_on_a_separate_head(head, 
     # 2. JobSubmissionClient: SFT on what the first job prepared.
     job_id = client.submit_job(
         entrypoint=f"{sys.executable} ray_jobs/sft.py data_dir={run / 'prepared'} out_dir={run / 'sft'} "
-                   "vocab_size=512 tiny_hidden=32 tiny_layers=1 tiny_heads=2 max_len=128 micro_batch_tokens=512 "
-                   "max_steps=4 eval_every=2 save_every=2 log_every=2 valid_rows=16 num_workers=1",
+                   "tiny.vocab_size=512 tiny.hidden=32 tiny.layers=1 tiny.heads=2 max_len=128 micro_batch_tokens=512 "
+                   "max_steps=4 eval_every=2 save_every=2 log_every=2 valid_rows=16 ray_train.num_workers=1",
         runtime_env={"working_dir": str(ROOT), "excludes": EXCLUDES},
     )
     status = wait_for_job(client, job_id)
@@ -179,7 +179,7 @@ def load_pipeline_module():
 
 
 def test_pipeline_plan_fills_the_run_dir_applies_stage_overrides_and_skips_missing_verbs(tmp_path):
-    from genrec.config import ConfigError
+    from genrec.config_loader import ConfigError
 
     pipeline = load_pipeline_module()
     (tmp_path / "p.yaml").write_text(json.dumps({"out_dir": str(tmp_path / "run"), "stages": [

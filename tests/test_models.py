@@ -8,15 +8,10 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerFast
 
 import genrec
+from genrec.config import TinyModel, Lora
 from genrec.data.templates import GENREC
 from genrec.data.tokenize import tokenize_rows
-from genrec.models.loading import (
-    LoraSettings,
-    TinySettings,
-    load_checkpoint,
-    load_model_and_tokenizer,
-    save_checkpoint,
-)
+from genrec.models.loading import load_checkpoint, load_model_and_tokenizer, save_checkpoint
 from genrec.models.tokenizer import load_tokenizer
 
 TITLES = ["Toy Story (1995)", "Heat (1995)", "Amélie (2001)", "Usual Suspects, The (1995)", "Se7en"]
@@ -26,11 +21,12 @@ ROWS = [
     for n in range(1, len(TITLES))
 ]
 TEXTS = [GENREC.render_prompt(r["instruction"], r["input"]) for r in ROWS] + TITLES
-SMALL = TinySettings(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, seed=3)
+SMALL = TinyModel(vocab_size=400, hidden=32, layers=2, heads=4)
+SEED = 3
 
 
 def tiny(lora=None):
-    return load_model_and_tokenizer("tiny", texts=TEXTS, device="cpu", lora=lora, tiny_settings=SMALL)
+    return load_model_and_tokenizer("tiny", texts=TEXTS, device="cpu", lora=lora, tiny_size=SMALL, seed=SEED)
 
 
 def batch(tokenizer):
@@ -93,7 +89,7 @@ def test_full_checkpoint_round_trip_gives_identical_logits(tmp_path):
 def test_embedding_dropout_acts_in_training_only_and_leaves_the_saved_model_alone(tmp_path):
     plain, tokenizer = tiny()
     dropped, _ = load_model_and_tokenizer("tiny", texts=TEXTS, device="cpu",
-                                          tiny_settings=dataclasses.replace(SMALL, embedding_dropout=0.5))
+                                          tiny_size=dataclasses.replace(SMALL, embedding_dropout=0.5), seed=SEED)
     ids, mask, _ = batch(tokenizer)
     dropped.train()
     with torch.no_grad():
@@ -110,7 +106,7 @@ def test_embedding_dropout_acts_in_training_only_and_leaves_the_saved_model_alon
 
 @pytest.mark.parametrize("base", ["saved", "in_memory"])
 def test_lora_adapter_round_trip_through_peft_on_its_base(tmp_path, base):
-    lora = LoraSettings(r=4, alpha=8)
+    lora = Lora(r=4, alpha=8)
     if base == "saved":  # the usual case: a pretrained base loaded by path (here, a saved tiny model)
         base_model, base_tok = tiny()
         base_model.save_pretrained(tmp_path / "base")

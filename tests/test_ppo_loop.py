@@ -8,6 +8,7 @@ import ray
 import torch
 
 from genrec.config import PPOConfig
+from genrec.faults import FAILED_ONCE, plan_crash
 from genrec.rl.policy import STATE_FILE
 from genrec.rl.toy import make_toy_task
 
@@ -71,10 +72,11 @@ def test_killed_rollout_worker_and_resumed_run_equal_the_uninterrupted_run_on_cp
 
     out = toy["root"] / "interrupted"
     # first half: rollout worker 0 dies in iteration 3; Ray restarts it and the iteration is redone
-    first = run_ppo(_config(toy["task"], out, iterations=ITERATIONS // 2, fail_at_iteration=3))
-    assert first["restarts"] >= 1 and (out / ".rollout_failed_once").exists()
+    plan_crash(out, crash_at_iteration=3)
+    first = run_ppo(_config(toy["task"], out, iterations=ITERATIONS // 2))
+    assert first["restarts"] >= 1 and (out / FAILED_ONCE).read_text() == "3"
     # rerun to the end: resumes from the checkpoint at iteration 6
-    second = run_ppo(_config(toy["task"], out, fail_at_iteration=3))
+    second = run_ppo(_config(toy["task"], out))
     assert second["restarts"] == first["restarts"]  # carried over, and no new failure
 
     rows, reference = _metrics(out), _metrics(toy["out"])

@@ -313,7 +313,7 @@ def test_top_p_keeps_the_nucleus_only():
 
 
 def test_math_and_rollout_modules_import_neither_ray_nor_transformers():
-    """ppo.py is pure math (DESIGN.md), and bench/gpu_ppo_rollout.py runs rollout.py on a GPU box with no Ray."""
+    """ppo.py is pure math (docs/design.md), and bench/gpu_ppo_rollout.py runs rollout.py on a GPU box with no Ray."""
     import subprocess
     import sys
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from genrec.config import Lora
 from genrec.models import pretrained
 
 from conftest import shared_data
@@ -61,7 +62,8 @@ def test_missing_package_names_the_install_command(tmp_path, monkeypatch):
 
 
 def test_preset_name_is_never_taken_for_a_path(tmp_path, monkeypatch):
-    from genrec.config import SFTConfig, absolute_input_paths
+    from genrec.config import SFTConfig
+    from genrec.config_loader import absolute_input_paths
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / PRESET).mkdir()
@@ -118,12 +120,12 @@ def test_every_toys_title_walks_the_trie_as_the_model_is_trained_to_write_it(smo
 
 @pytest.mark.slow
 def test_lora_on_the_pretrained_base_round_trips_through_a_checkpoint(smollm2_cache, tmp_path):
-    from genrec.models.loading import LoraSettings, build_model, load_checkpoint, save_checkpoint
+    from genrec.models.loading import build_model, load_checkpoint, save_checkpoint
     from genrec.models.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(PRESET)
     torch.manual_seed(0)
-    model = build_model(PRESET, tokenizer, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    model = build_model(PRESET, tokenizer, lora=Lora(r=4, alpha=8, dropout=0.0))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     batch = torch.tensor([tokenizer("LEGO City Police Station<|im_end|>LEGO Friends")["input_ids"]])

@@ -5,12 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.jobs import reward as R
+from genrec.config import TinyModel
+from genrec.girl import metrics as M
+from genrec.girl import reward as R
 
 
 def tiny_reward(texts):
     tokenizer = R.build_tiny_tokenizer(texts, vocab_size=300)
-    return R.build_reward_model("tiny", tokenizer, tiny_hidden=32, tiny_layers=1, tiny_heads=2, max_len=64), tokenizer
+    return R.build_reward_model("tiny", tokenizer, tiny_size=TinyModel(hidden=32, layers=1, heads=2), max_len=64), tokenizer
 
 
 TEXTS = ["Senior Nurse in Paris, wound care and triage", "We are hiring a Senior Nurse in Paris",
@@ -54,18 +56,18 @@ def test_checkpoint_round_trip_scores_the_same(tmp_path):
 
 def test_calibration_table_and_metrics():
     r_pos, r_neg = np.array([3.0, 2.5, 0.1, -1.0]), np.array([-3.0, -2.0, 0.0, 1.0])
-    table = R.calibration_table(r_pos, r_neg, bins=10)
+    table = M.calibration_table(r_pos, r_neg, bins=10)
     assert sum(row["n"] for row in table) == 8
     assert table[-1]["observed"] == 1.0 and table[0]["observed"] == 0.0  # the confident, right pairs
-    assert R.pairwise_accuracy(r_pos, r_neg) == 0.75
-    assert R.pairwise_accuracy([1.0], [1.0]) == 0.5
+    assert M.pairwise_accuracy(r_pos, r_neg) == 0.75
+    assert M.pairwise_accuracy([1.0], [1.0]) == 0.5
 
 
 def test_tfidf_reward_fits_in_the_driver_and_loads_like_the_others(ray_session, tmp_path):
     import pandas as pd
 
     from genrec.config import PrepareJobsConfig, RewardConfig
-    from genrec.jobs.prepare import prepare_jobs
+    from genrec.girl.prepare import prepare_jobs
     from genrec.train.reward import train_reward
 
     prepare_jobs(PrepareJobsConfig(out_dir=str(tmp_path / "jobs"), synth_num_cvs=300, synth_num_jds=200, seed=2))

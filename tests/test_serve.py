@@ -12,10 +12,11 @@ import pytest
 import yaml
 
 from conftest import synth_and_prepare
-from genrec.config import ServeConfig, load_config
+from genrec.config import ServeConfig, TinyModel
+from genrec.config_loader import load_config
 
 MAX_K, MAX_HISTORY, MAX_CV_CHARS = 20, 5, 2000
-TINY = dict(vocab_size=600, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+TINY = dict(vocab_size=600, hidden=32, layers=1, heads=2)
 
 
 def free_port() -> int:
@@ -25,29 +26,29 @@ def free_port() -> int:
 
 
 def make_recommender(root: Path) -> dict:
-    from genrec.models.loading import TinySettings, load_model_and_tokenizer, save_checkpoint
+    from genrec.models.loading import load_model_and_tokenizer, save_checkpoint
 
     synth_and_prepare(root, num_users=60, num_items=80, history_len=5)
     catalog = pq.read_table(root / "prepared" / "catalog.parquet")
     model, tokenizer = load_model_and_tokenizer("tiny", texts=catalog.column("title").to_pylist(), device="cpu",
-                                                tiny_settings=TinySettings(**TINY))
+                                                tiny_size=TinyModel(**TINY))
     save_checkpoint(root / "rec", model, tokenizer, "sft", {"model": "tiny"}, {"valid_loss": 4.25})
     return {"ids": catalog.column("item_id").to_pylist(), "titles": catalog.column("title").to_pylist()}
 
 
 def make_job_models(root: Path) -> None:
     """synthetic CVs and JDs, an (untrained) tiny generator checkpoint and tiny reward checkpoint."""
-    from genrec.data.jobs_synth import synth_jobs
-    from genrec.jobs.reward import build_reward_model, build_tiny_tokenizer, save_reward
-    from genrec.models.loading import TinySettings, load_model_and_tokenizer, save_checkpoint
+    from genrec.girl.market import synth_jobs
+    from genrec.girl.reward import build_reward_model, build_tiny_tokenizer, save_reward
+    from genrec.models.loading import load_model_and_tokenizer, save_checkpoint
 
     synth_jobs(root / "jobs", num_cvs=30, num_jds=40, seed=0)
     texts = (pq.read_table(root / "jobs" / "cvs.parquet").column("text").to_pylist()
              + pq.read_table(root / "jobs" / "jds.parquet").column("text").to_pylist())
-    model, tokenizer = load_model_and_tokenizer("tiny", texts=texts, device="cpu", tiny_settings=TinySettings(**TINY))
+    model, tokenizer = load_model_and_tokenizer("tiny", texts=texts, device="cpu", tiny_size=TinyModel(**TINY))
     save_checkpoint(root / "gen", model, tokenizer, "sft", {"model": "tiny"}, {"valid_loss": 5.5})
     reward_tokenizer = build_tiny_tokenizer(texts, 600)
-    reward = build_reward_model("tiny", reward_tokenizer, tiny_hidden=32, tiny_layers=1, tiny_heads=2, max_len=256)
+    reward = build_reward_model("tiny", reward_tokenizer, tiny_size=TinyModel(hidden=32, layers=1, heads=2), max_len=256)
     save_reward(root / "reward", reward, reward_tokenizer, {"backbone": "tiny", "max_len": 256, "metrics": {"auc": 0.5}})
 
 
@@ -135,13 +136,13 @@ def test_job_endpoints(app):
     assert first.status_code == 200, first.text
     assert first.json() == again.json() and first.json()["cv_truncated"] is False
     # Greedy text equals the jobs stage's own generator on the same checkpoint: the same prompt.
-    from genrec.jobs.recommend import JDGenerator
+    from genrec.girl.recommend import JDGenerator
 
     assert first.json()["jd"] == JDGenerator(app["root"] / "gen", device="cpu", max_new_tokens=8).generate([cvs[0]])[0]
     sampled = post(app, "/v1/jobs/generate", {"cv": cvs[1], "max_new_tokens": 8, "temperature": 1.5})
     assert sampled.status_code == 200 and isinstance(sampled.json()["jd"], str)
 
-    from genrec.jobs.reward import load_reward
+    from genrec.girl.reward import load_reward
 
     pairs = [(cvs[0], jds.column("text")[0].as_py()), (cvs[1], jds.column("text")[5].as_py())]
     expected = load_reward(app["root"] / "reward", device="cpu").score([c for c, _ in pairs], [j for _, j in pairs])
@@ -306,7 +307,7 @@ def test_shipped_configs_parse():
 def test_serve_run_builder_and_deployment_options():
     """The `serve run` builder reads a genrec YAML plus key=value args; options carry autoscaling,
     request limits, batching (user_config) and GPUs from the config."""
-    from genrec.config import ConfigError
+    from genrec.config_loader import ConfigError
     from genrec.serve.deployments import build_app, deployment_options
 
     root = Path(__file__).resolve().parents[1]

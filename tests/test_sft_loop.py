@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from genrec.config import ConfigError, SFTConfig
+from genrec.config import Lora, SFTConfig
+
+from genrec.config_loader import ConfigError
 from genrec.train import sft
 from genrec.train.batching import (
     IGNORE_INDEX,
@@ -237,13 +239,13 @@ def test_lora_trains_only_adapter_weights_and_reloads_on_cpu(tmp_path):
     """With LoRA the base stays frozen; the saved adapter loads through peft with the same logits."""
     from peft import PeftModel, get_peft_model
 
-    from genrec.models.loading import LoraSettings, load_checkpoint, lora_config, save_checkpoint
+    from genrec.models.loading import load_checkpoint, lora_config, save_checkpoint
     from genrec.models.tiny import train_tokenizer
 
     tokenizer = train_tokenizer(["some words to learn a vocabulary from", "more words, other words"], vocab_size=300)
     base = tiny_model()
     before = {id(p): p.detach().clone() for p in base.parameters()}  # peft keeps these Parameter objects
-    model = get_peft_model(base, lora_config(LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear")))
+    model = get_peft_model(base, lora_config(Lora(r=4, alpha=8, dropout=0.0, target_modules=["all-linear"])))
     rows = random_rows(n=24)
     train_loop(cfg(max_steps=4, lr=1e-2), model, rows)
     params = dict(model.named_parameters())

@@ -7,8 +7,10 @@ import torch
 
 from conftest import synth_and_prepare
 from genrec.config import SFTConfig
+from genrec.config_loader import from_dict
+from genrec.faults import FAILED_ONCE, plan_crash
 from genrec.models.loading import load_checkpoint
-from genrec.train.launch import FAILED_ONCE, METRICS_FILE, train_sft
+from genrec.train.launch import METRICS_FILE, train_sft
 
 
 @pytest.fixture(scope="module")
@@ -18,18 +20,21 @@ def prepared(ray_session, tmp_path_factory):
     return root
 
 
-def run(prepared, name, **overrides):
-    """One SFT run in its own out_dir; the tokenizer and token shards are copied from the first run."""
+def run(prepared, name, crash_at_step=0, **overrides):
+    """One SFT run in its own out_dir; the tokenizer and token shards are copied from the first run.
+    `ray_train` overrides go into that section; crash_at_step plans a worker crash (genrec/faults.py)."""
     out = prepared / name
+    if crash_at_step:
+        plan_crash(out, crash_at_step=crash_at_step)
     first = prepared / "_tokens"
     if first.exists():
         for part in ("tokenizer", "tokens"):
             shutil.copytree(first / part, out / part)
     settings = dict(data_dir=str(prepared / "prepared"), out_dir=str(out), max_len=256, micro_batch_tokens=1024,
-                    tiny_hidden=64, tiny_layers=2, tiny_heads=2, vocab_size=1024, lr=2e-3, warmup_steps=2,
+                    tiny=dict(hidden=64, layers=2, heads=2, vocab_size=1024), lr=2e-3, warmup_steps=2,
                     max_steps=8, log_every=1, eval_every=4, save_every=4, valid_rows=64)
     settings.update(overrides)
-    final = train_sft(SFTConfig(**settings))
+    final = train_sft(from_dict(SFTConfig, settings))
     if not first.exists():
         for part in ("tokenizer", "tokens"):
             shutil.copytree(out / part, first / part)
@@ -53,7 +58,7 @@ def torch_threads(out) -> set:
 
 
 def test_validation_loss_falls_and_models_are_saved_on_cpu(prepared):
-    final, out = run(prepared, "learn", max_steps=30, eval_every=10, save_every=10, cpus_per_worker=2)
+    final, out = run(prepared, "learn", max_steps=30, eval_every=10, save_every=10, ray_train=dict(cpus_per_worker=2))
     reports = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
     # The worker reserved both CPUs and trained on two threads (Ray's default gives a worker one).
     assert torch_threads(out) == {2}
@@ -67,14 +72,14 @@ def test_validation_loss_falls_and_models_are_saved_on_cpu(prepared):
     assert best["stage"] == "sft" and best["metrics"]["valid_loss"] == min(valid[1:])
     assert (out / "final" / "model.safetensors").exists() and (out / "config.yaml").exists()
     # Rerunning a finished run resumes at its last step: nothing trains, final/ stands.
-    again = train_sft(SFTConfig(**json_config(out)))
+    again = train_sft(from_dict(SFTConfig, json_config(out)))
     assert again["step"] == 30 and again["loss"] == final["loss"]
 
 
 def test_two_workers_match_one_worker_with_the_same_global_batch_on_cpu(prepared):
-    _, one = run(prepared, "one_worker", num_workers=1, grad_accum=2)
-    _, ddp = run(prepared, "two_workers_ddp", num_workers=2, grad_accum=1, strategy="ddp")
-    _, fsdp = run(prepared, "two_workers_fsdp", num_workers=2, grad_accum=1, strategy="fsdp")
+    _, one = run(prepared, "one_worker", ray_train=dict(num_workers=1), grad_accum=2)
+    _, ddp = run(prepared, "two_workers_ddp", ray_train=dict(num_workers=2), grad_accum=1, strategy="ddp")
+    _, fsdp = run(prepared, "two_workers_fsdp", ray_train=dict(num_workers=2), grad_accum=1, strategy="fsdp")
     a = losses(one)
     assert sorted(a) == list(range(1, 9))
     assert torch_threads(one) == {1}  # Ray's default: one CPU, so one thread, per worker
@@ -93,7 +98,7 @@ def test_killed_worker_restarts_and_rerun_resumes_to_the_same_losses_on_cpu(prep
     expected = losses(straight)
 
     # A worker dies at step 6; Ray Train restarts it from the step-4 checkpoint and the run ends at 8.
-    final, restarted = run(prepared, "restarted", fail_at_step=6, max_failures=1)
+    final, restarted = run(prepared, "restarted", crash_at_step=6, ray_train=dict(max_failures=1))
     assert (restarted / FAILED_ONCE).read_text() == "6" and final["step"] == 8
     # Steps 1-4 ran once; 5 ran before the crash and again after the restart from step 4.
     assert report_counts(restarted) == {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 1, 7: 1, 8: 1}
@@ -103,9 +108,9 @@ def test_killed_worker_restarts_and_rerun_resumes_to_the_same_losses_on_cpu(prep
 
     # With no retries the run fails; rerunning the same out_dir resumes from its last checkpoint.
     with pytest.raises(Exception):
-        run(prepared, "rerun", fail_at_step=6, max_failures=0)
+        run(prepared, "rerun", crash_at_step=6, ray_train=dict(max_failures=0))
     out = prepared / "rerun"
-    final = train_sft(SFTConfig(**{**json_config(out), "fail_at_step": 6, "max_failures": 0}))
+    final = train_sft(from_dict(SFTConfig, json_config(out)))
     assert final["step"] == 8 and report_counts(out)[5] == 2 and report_counts(out)[1] == 1
     assert losses(out)[8] == pytest.approx(expected[8], abs=1e-4)
 

@@ -8,19 +8,21 @@ import yaml
 
 from conftest import synth_and_prepare, wait_until_cluster_idle
 from genrec.cli import main
-from genrec.config import SFTConfig, load_config
+from genrec.config import SFTConfig
+from genrec.config_loader import load_config
 
 
 def test_tune_picks_the_trial_with_the_good_learning_rate_on_cpu(ray_session, tmp_path):
     synth_and_prepare(tmp_path, num_users=120, num_items=200, history_len=8)
-    base = dict(data_dir=str(tmp_path / "prepared"), model="tiny", vocab_size=512, tiny_hidden=32, tiny_layers=1,
-                tiny_heads=2, max_len=192, micro_batch_tokens=768, warmup_steps=1, max_steps=8, eval_every=4,
-                log_every=4, valid_rows=48, num_workers=1)
+    base = dict(data_dir=str(tmp_path / "prepared"), model="tiny", tiny=dict(vocab_size=512, hidden=32, heads=2),
+                max_len=192, micro_batch_tokens=768, warmup_steps=1, max_steps=8, eval_every=4,
+                log_every=4, valid_rows=48, ray_train=dict(num_workers=1))
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     tune_yaml = {
-        "stage": "sft", "base_config": str(tmp_path / "base.yaml"),
-        # 1e-7 barely moves the weights: its validation loss stays near ln(vocab)
-        "search_space": {"lr": {"grid": [5e-3, 1e-7]}}, "num_samples": 1,
+        "stage": "train-sft", "base_config": str(tmp_path / "base.yaml"),
+        # 1e-7 barely moves the weights: its validation loss stays near ln(vocab). A section's key is
+        # dotted, and merges with the section of base_config.
+        "search_space": {"lr": {"grid": [5e-3, 1e-7]}, "tiny.layers": 1}, "num_samples": 1,
         # The default scheduler, ASHA, with a rung at every report. One trial at a time, in grid order:
         # 5e-3 runs first and sets the rungs; 1e-7 ties it at step 0 (same initial weights), trails it
         # at step 4, and ASHA stops it there, before step 8.
@@ -44,6 +46,7 @@ def test_tune_picks_the_trial_with_the_good_learning_rate_on_cpu(ray_session, tm
     # The winner's config trains with `genrec train-sft --config best_config.yaml` as is.
     cfg = load_config(SFTConfig, out / "best_config.yaml")
     assert cfg.lr == 5e-3 and cfg.max_steps == 8 and cfg.out_dir == str(out / "best_run")
+    assert (cfg.tiny.layers, cfg.tiny.hidden) == (1, 32)
     assert (out / "trials" / best["trial"] / "best" / "genrec.json").exists()
     # Both trials tokenized nothing themselves: the shards were built once and linked.
     assert (out / "trials" / best["trial"] / "tokens").is_symlink()
@@ -96,16 +99,16 @@ def sweep_two_learning_rates(tmp_path, stage: str, base: dict):
 
 def test_tune_reward_picks_the_trial_that_learns_on_cpu(ray_session, tmp_path):
     from genrec.config import PrepareJobsConfig, RewardConfig
-    from genrec.jobs.prepare import prepare_jobs
+    from genrec.girl.prepare import prepare_jobs
 
     # Random negatives only (another role, mostly): pairs that 60 tiny steps can learn, since this test is
     # about Tune picking the better trial, not about the reward model; ~90 validation CVs for a steady accuracy.
     prepare_jobs(PrepareJobsConfig(out_dir=str(tmp_path / "jobs"), synth_num_cvs=300, synth_num_jds=150, seed=1,
                                    valid_share=0.3, observed_negatives=0, hard_negatives=0, related_negatives=0,
                                    random_negatives=2, truncated_negatives=0))
-    out, results, best, bad = sweep_two_learning_rates(tmp_path, "reward", dict(
-        data_dir=str(tmp_path / "jobs"), backbone="tiny", vocab_size=600, tiny_hidden=64, tiny_layers=1,
-        tiny_heads=2, max_len=160, batch_size=32, warmup_steps=2, max_steps=60, eval_every=30, log_every=30))
+    out, results, best, bad = sweep_two_learning_rates(tmp_path, "train-reward", dict(
+        data_dir=str(tmp_path / "jobs"), backbone="tiny", tiny=dict(vocab_size=600, hidden=64, layers=1, heads=2),
+        max_len=160, batch_size=32, warmup_steps=2, max_steps=60, eval_every=30, log_every=30))
     assert results["reports"].tolist() == [2, 2]  # validation at steps 30 and 60
     assert best["lr"] == 3e-3 and best["valid_pairwise_acc"] > bad["valid_pairwise_acc"] + 0.05, results.to_string()
     assert (out / "trials" / best["trial"] / "final" / "genrec.json").exists()

@@ -32,7 +32,9 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 
-from genrec.config import PrepareConfig, save_config
+from genrec.config import PrepareConfig
+
+from genrec.config_loader import save_config
 from genrec.data import split as split_rows
 from genrec.data.readers import read_source
 from genrec.data.rejects import Rejects

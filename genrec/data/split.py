@@ -1,6 +1,6 @@
 """Leave-one-out split and prompt rows for one block of complete users, vectorised.
 
-The protocol (DESIGN.md): per user, ordered by time (ties keep source order), the last item is the
+The protocol (docs/evaluation.md): per user, ordered by time (ties keep source order), the last item is the
 test target, the second-last the validation target, and every earlier position t >= 1 is a training
 target whose history is the prefix before it. Every history is truncated to the last H items.
 A user needs 3 interactions (one history item before the validation target); shorter users are

@@ -25,7 +25,9 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from genrec.config import SynthInteractionsConfig, to_dict
+from genrec.config import SynthInteractionsConfig
+
+from genrec.config_loader import to_dict
 
 # ------------------------------------------------------------------------------ behaviour knobs
 P_NEXT_PART = 0.7  # after part k of a series, how often the user reads part k+1 next

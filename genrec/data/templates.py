@@ -58,7 +58,7 @@ GENREC = Template(
     },
 )
 
-# GIRL's generator: a CV in, the job description that fits it out (genrec/jobs/prompts.py renders it).
+# GIRL's generator: a CV in, the job description that fits it out (genrec/girl/prompts.py renders it).
 CV_TO_JD = Template(
     name="cv_to_jd",
     prompt="### Instruction:\n{instruction}\n\n### CV:\n{input}\n\n### Job description:\n",

@@ -4,7 +4,6 @@ HF-format checkpoints with a small `genrec.json` beside them.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,34 +13,13 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 import genrec
+from genrec.config import Lora, TinyModel
 from genrec.models import pretrained, tiny
 from genrec.models.tokenizer import ensure_pad_token, load_tokenizer
 
 META_FILE = "genrec.json"
 TINY = "tiny"
 BASE_DIR = "base"  # where an adapter checkpoint keeps a base that has no path of its own
-
-
-@dataclasses.dataclass
-class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: str | list[str] = "all-linear"  # peft's shorthand: every linear layer but the LM head
-
-
-@dataclasses.dataclass
-class TinySettings:
-    """Size of the `tiny` preset (see genrec.models.tiny)."""
-
-    vocab_size: int = 4096
-    hidden_size: int = 128
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    max_position_embeddings: int = 1024
-    attention_dropout: float = 0.0
-    embedding_dropout: float = 0.0
-    seed: int = 0
 
 
 def default_device() -> torch.device:
@@ -59,10 +37,12 @@ def load_model_and_tokenizer(
     texts: Iterable[str] | None = None,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
-    lora: LoraSettings | None = None,
-    tiny_settings: TinySettings | None = None,
+    lora: Lora | None = None,
+    tiny_size: TinyModel | None = None,
+    seed: int = 0,
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
-    """`tiny` (a tokenizer trained on `texts`, a seeded random Llama) or an HF id / local path.
+    """`tiny` (a tokenizer trained on `texts`, a Llama of `tiny_size` seeded with `seed`) or an HF id /
+    local path.
 
     dtype defaults to bf16 on CUDA and fp32 on CPU; device to CUDA when present. With `lora`, the
     model comes back as a peft model whose only trainable parameters are the adapter's.
@@ -71,11 +51,11 @@ def load_model_and_tokenizer(
     if name_or_path == TINY:
         if texts is None:
             raise ValueError("model 'tiny' trains its tokenizer on the data: pass texts=")
-        tokenizer = tiny.train_tokenizer(texts, (tiny_settings or TinySettings()).vocab_size)
+        tokenizer = tiny.train_tokenizer(texts, (tiny_size or TinyModel()).vocab_size)
     else:
         tokenizer = load_tokenizer(name_or_path)
     model = build_model(name_or_path, tokenizer, dtype=dtype or default_dtype(device),
-                        tiny_settings=tiny_settings, lora=lora)
+                        tiny_size=tiny_size, seed=seed, lora=lora)
     return model.to(device), tokenizer
 
 
@@ -84,25 +64,27 @@ def build_model(
     tokenizer: PreTrainedTokenizerBase,
     *,
     dtype: torch.dtype = torch.float32,
-    tiny_settings: TinySettings | None = None,
-    lora: LoraSettings | None = None,
+    tiny_size: TinyModel | None = None,
+    seed: int = 0,
+    max_positions: int = 1024,
+    lora: Lora | None = None,
 ) -> torch.nn.Module:
-    """The model for a tokenizer: a seeded random `tiny` Llama sized to its vocabulary, or the
+    """The model for a tokenizer: a random `tiny` Llama (seeded) sized to its vocabulary, or the
     pretrained weights of an HF id / local path; with `lora`, wrapped so only adapters train."""
     if name_or_path == TINY:
-        size = tiny_settings or TinySettings()
+        size = tiny_size or TinyModel()
         config = tiny.tiny_config(
             len(tokenizer),
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
             bos_token_id=tokenizer.bos_token_id,
-            hidden_size=size.hidden_size,
-            num_hidden_layers=size.num_hidden_layers,
-            num_attention_heads=size.num_attention_heads,
-            max_position_embeddings=size.max_position_embeddings,
+            hidden_size=size.hidden,
+            num_hidden_layers=size.layers,
+            num_attention_heads=size.heads,
+            max_position_embeddings=max_positions,
         )
-        config.attention_dropout = size.attention_dropout
-        model = tiny.tiny_model(config, seed=size.seed, dtype=dtype)
+        config.attention_dropout = size.dropout
+        model = tiny.tiny_model(config, seed=seed, dtype=dtype)
         tiny.add_embedding_dropout(model, size.embedding_dropout)
     else:
         model = AutoModelForCausalLM.from_pretrained(pretrained.resolve(name_or_path), dtype=dtype,
@@ -115,12 +97,14 @@ def build_model(
     return model
 
 
-def lora_config(settings: LoraSettings) -> LoraConfig:
+def lora_config(settings: Lora) -> LoraConfig:
+    targets = settings.target_modules
     return LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=settings.target_modules,
+        # peft's shorthand "all-linear" (every linear layer but the LM head) is a string, not a name list
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
         task_type="CAUSAL_LM",
     )
 

@@ -1,7 +1,7 @@
 """Baselines in the same harness and split as the generative models: most-popular and SASRec.
 
 Both read a prepared folder (train/ valid/ test/ parquet and catalog.parquet), never raw logs, and
-are scored with the fixed protocol (DESIGN.md): leave-one-out, full ranking over the whole catalog,
+are scored with the fixed protocol (docs/evaluation.md): leave-one-out, full ranking over the whole catalog,
 no sampled negatives. Items are catalog indices (rows of catalog.parquet), 0..num_items-1.
 
 Sequences from prepared rows. Every row holds (position, the last H items before it, target), so a

@@ -25,7 +25,9 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 
-from genrec.config import EvaluateConfig, save_config
+from genrec.config import EvaluateConfig
+
+from genrec.config_loader import save_config
 from genrec.data.templates import get_template
 from genrec.rec.metrics import catalog_coverage, ranking_metrics
 from genrec.runtime import init_ray

@@ -7,7 +7,7 @@ already taken (a text that is exactly a catalog title takes that item), and the 
 are the catalog ranked by cosine similarity to the top beam's text. With one text this is exactly
 BIGRec's ranking.
 
-Embedders: `minilm`, `tfidf` or an HF encoder path through genrec.jobs.recommend.TextEmbedder, or
+Embedders: `minilm`, `tfidf` or an HF encoder path through genrec.models.embedders.TextEmbedder, or
 `model`: the generative model's own last-layer hidden states, mean pooled over the title's tokens.
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Grounder:
     """Maps generated texts to catalog items by embedding similarity; built once per actor."""
 
     def __init__(self, titles: Sequence[str], embedder: str = "minilm", model=None, tokenizer=None, device=None):
-        from genrec.jobs.recommend import TextEmbedder
+        from genrec.models.embedders import TextEmbedder
 
         self.title_index = {title: index for index, title in enumerate(titles)}
         if embedder == "model":

@@ -1,4 +1,4 @@
-"""Ranking metrics of the fixed evaluation protocol (DESIGN.md), on item indices.
+"""Ranking metrics of the fixed evaluation protocol (docs/evaluation.md), on item indices.
 
 `ranked` is (n_users, K_max): each user's items best first, distinct, padded with -1 where fewer
 than K_max items came back (padding is a miss). `targets` is each user's held-out item.

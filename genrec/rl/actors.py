@@ -4,17 +4,15 @@ or genrec/rl/rewards.py, which hold the logic and run without Ray.
 """
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import ray
 import torch
 
 from genrec.config import PPOConfig
+from genrec.faults import crash_once
 from genrec.rl.rollout import Rollout
 
-FAIL_MARKER = ".rollout_failed_once"
 
 
 def _setup(cfg: PPOConfig) -> torch.device:
@@ -36,12 +34,8 @@ class RolloutWorker:
         return self.index
 
     def generate(self, prompts: list[list[int]], seed: int, iteration: int) -> Rollout:
-        cfg = self.cfg
-        if cfg.fail_at_iteration and iteration == cfg.fail_at_iteration and self.index == 0:
-            marker = Path(cfg.out_dir) / FAIL_MARKER
-            if not marker.exists():  # once per run directory: the restarted actor must not die again
-                marker.write_text(f"iteration {iteration}\n")
-                os._exit(1)
+        if self.index == 0:
+            crash_once(self.cfg.out_dir, "crash_at_iteration", iteration)  # tests only (genrec/faults.py)
         started = time.perf_counter()
         rollout = self.policy.generate(prompts, seed)
         rollout.seconds = time.perf_counter() - started

@@ -32,7 +32,9 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from genrec.config import PPOConfig, save_config
+from genrec.config import PPOConfig
+
+from genrec.config_loader import save_config
 from genrec.models.tokenizer import load_tokenizer
 from genrec.rl import actors
 from genrec.rl.policy import STATE_FILE
@@ -51,7 +53,7 @@ WORKER_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableEr
 def prompt_text(cfg: PPOConfig, text: str) -> str:
     if cfg.prompt_format == "raw":
         return text
-    from genrec.jobs.prompts import generator_prompt  # the generator's own prompt, never rebuilt here
+    from genrec.girl.prompts import generator_prompt  # the generator's own prompt, never rebuilt here
 
     return generator_prompt(text)
 
@@ -240,7 +242,7 @@ class PPORun:
                   **{f"eval/{k}": v for k, v in evaluation.items() if k != "iteration"},
                   **{f"timing/{k}": v for k, v in timing.items()}}
         if self.prompts.truth is not None:  # the hidden ground truth: the check against reward hacking
-            from genrec.data.jobs_synth import fit_of_text
+            from genrec.girl.true_fit import fit_of_text
 
             record["true_fit"] = float(np.mean([fit_of_text(self.prompts.truth[s], r) for s, r in zip(sources, responses)]))
         with open(self.out / METRICS_FILE, "a") as f:
@@ -267,7 +269,7 @@ class PPORun:
                   "response_length": float(rollout.lengths.float().mean()), "eos_rate": float(rollout.eos.float().mean()),
                   "responses": len(rows)}
         if prompts.truth is not None:
-            from genrec.data.jobs_synth import fit_of_text
+            from genrec.girl.true_fit import fit_of_text
 
             record["true_fit"] = float(np.mean([fit_of_text(prompts.truth[s], r) for s, r in zip(sources, responses)]))
         with open(self.out / EVAL_FILE, "a") as f:

@@ -5,32 +5,31 @@ as Ray actors; tests and benchmarks can use them directly.
 from __future__ import annotations
 
 import dataclasses
-import random
 from pathlib import Path
 
 import numpy as np
 import torch
 from peft import PeftModel, get_peft_model
 
-from genrec.config import PPOConfig, to_dict
-from genrec.models.loading import LoraSettings, load_checkpoint, lora_config, save_checkpoint
+from genrec.config import PPOConfig
+
+from genrec.config_loader import to_dict
+from genrec.models.loading import load_checkpoint, lora_config, save_checkpoint
 from genrec.rl import ppo
 from genrec.rl.rollout import Rollout, RolloutGenerator, UnsupportedModel, hf_generate_rollout
+from genrec.train import common
 
 STATE_FILE = "ppo_state.pt"
 
 
 def load_policy(cfg: PPOConfig, *, trainable: bool, device: torch.device, dtype: torch.dtype | None = None):
     """(model, tokenizer) from cfg.policy_dir, shaped so learner and rollout workers agree on names:
-    a LoRA checkpoint keeps its adapter; cfg.lora adds a fresh adapter to a full checkpoint."""
+    a LoRA checkpoint keeps its adapter; cfg.lora.enabled adds a fresh adapter to a full checkpoint."""
     model, tokenizer, _ = load_checkpoint(cfg.policy_dir, dtype=dtype, device=device, trainable=trainable)
-    if cfg.lora and not isinstance(model, PeftModel):
-        settings = LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                                target_modules=cfg.lora_target_modules[0] if cfg.lora_target_modules == ["all-linear"]
-                                else cfg.lora_target_modules)
+    if cfg.lora.enabled and not isinstance(model, PeftModel):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)  # the same adapter init in every process
-            model = get_peft_model(model, lora_config(settings))
+            model = get_peft_model(model, lora_config(cfg.lora))
     if not trainable:
         model.requires_grad_(False)
     return model, tokenizer
@@ -175,11 +174,12 @@ class Learner:
             self.value_head = torch.nn.Linear(hidden, 1).to(device)
             torch.nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1))
             torch.nn.init.zeros_(self.value_head.bias)
+        # Two groups by learning rate, each decaying every tensor: the layout of earlier checkpoints.
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW([
+        self.optimizer = common.adamw([
             {"params": params, "lr": cfg.lr},
             {"params": list(self.value_head.parameters()), "lr": cfg.value_lr},
-        ], weight_decay=cfg.weight_decay)
+        ], cfg.lr, device, weight_decay=cfg.weight_decay)
         self.kl_ctl = ppo.kl_controller(cfg.kl_controller, cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
         self.moments = ppo.RunningMoments()
         self.iteration = 0
@@ -329,32 +329,29 @@ class Learner:
         directory = Path(directory)
         save_checkpoint(directory, self.model, self.tokenizer, "ppo", to_dict(self.cfg), extra.get("metrics", {}))
         trainable = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
-        state = {
-            "iteration": iteration,
-            "policy": trainable,
-            "value_head": self.value_head.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "kl_ctl": self.kl_ctl.state_dict(),
-            "moments": self.moments.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-            "extra": extra,
-        }
-        torch.save(state, directory / STATE_FILE)
+        state = common.training_state(
+            self.optimizer.state_dict(),
+            iteration=iteration,
+            policy=trainable,
+            value_head=self.value_head.state_dict(),
+            kl_ctl=self.kl_ctl.state_dict(),
+            moments=self.moments.state_dict(),
+            extra=extra,
+        )
+        # The loop counts a checkpoint as done once this file exists: it is written last, atomically.
+        common.save_state(state, directory / STATE_FILE)
         return directory
 
     def load(self, directory: str | Path) -> dict:
-        state = torch.load(Path(directory) / STATE_FILE, weights_only=False)
+        state = common.load_state(Path(directory) / STATE_FILE)
         params = dict(self.model.named_parameters())
         with torch.no_grad():
             for name, tensor in state["policy"].items():
                 params[name].copy_(tensor)
         self.value_head.load_state_dict(state["value_head"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        common.restore_training_state(state, self.optimizer)
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.moments.load_state_dict(state["moments"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
         self.iteration = int(state["iteration"])
         return state
 

@@ -1,6 +1,6 @@
 """Reward functions for PPO: anything with `.score(source_texts, response_texts) -> np.ndarray`.
 
-- the learned reward model (genrec.jobs.reward.load_reward): what PPO optimises in GIRL;
+- the learned reward model (genrec.girl.reward.load_reward): what PPO optimises in GIRL;
 - TrueFitReward: the synthetic market's hidden fit of a generated JD (diagnosis, never for a real
   model's training: it is the ground truth the learned reward is checked against);
 - CountReward: occurrences of one word, a toy task with a known optimum for testing the loop.
@@ -25,13 +25,13 @@ class CountReward:
 
 
 class TrueFitReward:
-    """genrec.data.jobs_synth.fit_of_text of each response against its CV's hidden fields."""
+    """genrec.girl.true_fit.fit_of_text of each response against its CV's hidden fields."""
 
     def __init__(self, rows_by_text: Mapping[str, Mapping]):
         self.rows_by_text = rows_by_text
 
     def score(self, source_texts: Sequence[str], response_texts: Sequence[str]) -> np.ndarray:
-        from genrec.data.jobs_synth import fit_of_text
+        from genrec.girl.true_fit import fit_of_text
 
         missing = [t for t in source_texts if t not in self.rows_by_text]
         if missing:
@@ -51,6 +51,6 @@ def build_reward(cfg: PPOConfig, rows_by_text: Mapping[str, Mapping] | None = No
         if not rows_by_text:
             raise ValueError(f"reward=true_fit needs a prompts file with true_ columns; {cfg.prompts_path} has none")
         return TrueFitReward(rows_by_text)
-    from genrec.jobs.reward import load_reward
+    from genrec.girl.reward import load_reward
 
     return load_reward(cfg.reward_path, device=device)

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from genrec.models.loading import TinySettings, build_model, save_checkpoint
+from genrec.config import TinyModel
+from genrec.models.loading import build_model, save_checkpoint
 
 WORDS = ("yes", "no", "red", "blue", "cat", "dog", "sun", "moon")
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -33,8 +34,8 @@ def make_toy_task(root: str | Path, num_prompts: int = 64, hidden: int = 32, lay
     """Write root/policy (an HF checkpoint) and root/prompts.parquet; return their paths."""
     root = Path(root)
     tokenizer = word_tokenizer()
-    model = build_model("tiny", tokenizer, tiny_settings=TinySettings(
-        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2, max_position_embeddings=128, seed=seed))
+    model = build_model("tiny", tokenizer, tiny_size=TinyModel(hidden=hidden, layers=layers, heads=2), seed=seed,
+                        max_positions=128)
     policy = save_checkpoint(root / "policy", model, tokenizer, "toy", {"task": "count"}, {})
     rng = np.random.default_rng(seed)
     texts = [" ".join(rng.choice(WORDS[2:], size=int(rng.integers(2, 6)))) for _ in range(num_prompts)]

@@ -2,7 +2,7 @@
 
 api.py          the FastAPI app (routes, request schemas, error handling); knows nothing of Ray
 recommender.py  RecommenderModel: checkpoint + catalog trie, constrained beam search for a batch
-jobs.py         JobGeneratorModel (CV -> JD) and JobMatcherModel (reward score, JobRecommender)
+girl.py         JobGeneratorModel (CV -> JD) and JobMatcherModel (reward score, JobRecommender)
 deployments.py  the Ray Serve deployments (@serve.batch, autoscaling) and the app builders
 launch.py       `genrec serve`: start Serve on host:port and run the app
 """

@@ -17,7 +17,9 @@ from typing import Any
 
 from ray import serve
 
-from genrec.config import DeploymentSettings, ServeConfig, load_config
+from genrec.config import DeploymentSettings, ServeConfig
+
+from genrec.config_loader import load_config
 from genrec.serve.api import Backends, HandleBackend, create_api
 
 
@@ -70,7 +72,7 @@ class Recommender(BatchedModel):
 @serve.deployment
 class JobGenerator(BatchedModel):
     def __init__(self, cfg) -> None:
-        from genrec.serve.jobs import JobGeneratorModel
+        from genrec.serve.girl import JobGeneratorModel
 
         self.model = JobGeneratorModel(cfg)
         self.batched_methods = [self._generate]
@@ -87,7 +89,7 @@ class JobGenerator(BatchedModel):
 @serve.deployment
 class JobMatcher(BatchedModel):
     def __init__(self, cfg) -> None:
-        from genrec.serve.jobs import JobMatcherModel
+        from genrec.serve.girl import JobMatcherModel
 
         self.model = JobMatcherModel(cfg)
         self.batched_methods = [self._score]

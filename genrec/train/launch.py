@@ -15,41 +15,36 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
-import tempfile
-import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-import ray
 import ray.train
+import ray.train.torch
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.nn.parallel import DistributedDataParallel
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
-from genrec.config import SFTConfig, from_dict, save_config
+from genrec.config import SFTConfig
+
+from genrec.config_loader import from_dict
 from genrec.data.templates import get_template
 from genrec.data.tokenize import tokenize_split
 from genrec.models import loading
-from genrec.models.loading import LoraSettings, TinySettings, save_checkpoint
-from genrec.runtime import for_train_workers, init_ray, worker_resources
+from genrec.models.loading import save_checkpoint
+from genrec.train import common
 from genrec.train.batching import TokenRows
 from genrec.train.rank_validation import KEY as RANK_KEY
 from genrec.train.rank_validation import RankValidation
-from genrec.train.sft import STATE_FILE, load_state, train_loop
+from genrec.train.sft import STATE_FILE, train_loop
 
 log = logging.getLogger("genrec.train")
 
 TEMPLATE = "genrec"
-FAILED_ONCE = ".failed_once"  # marker for the fail_at_step test hook
 METRICS_FILE = "metrics.jsonl"
 FINAL, BEST = "final", "best"
 SOURCE_FILE = "genrec_source.json"  # what the tokenizer and token shards were built from
-HEALTH_CHECK_INTERVAL_S = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0))
 
 
 # ------------------------------------------------------------------------------------ the driver
@@ -57,27 +52,15 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None, keep_checkpoints: i
     """Run the SFT stage; returns the final metrics (also in out_dir/final/genrec.json).
 
     `callbacks` go on the Ray Train RunConfig (Tune's TuneReportCallback: genrec/tune.py)."""
-    init_ray()
-    out = Path(cfg.out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = for_train_workers(cfg)
-    save_config(cfg, out / "config.yaml")
+    cfg, out = common.start_run(cfg)
     tokenizer_dir = build_tokenizer(cfg, out)
     token_dirs = tokenize_splits(cfg, out, tokenizer_dir)
 
-    trainer = TorchTrainer(
+    trainer = common.torch_trainer(
         sft_worker,
-        train_loop_config={"cfg": dataclasses.asdict(cfg), "out": str(out), "tokenizer_dir": str(tokenizer_dir),
-                           "tokens": {k: str(v) for k, v in token_dirs.items()}},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker=worker_resources(cfg)),
-        run_config=RunConfig(
-            name=cfg.run_name or out.name,
-            storage_path=str(out / "ray"),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
-            callbacks=callbacks,
-        ),
+        {"cfg": dataclasses.asdict(cfg), "out": str(out), "tokenizer_dir": str(tokenizer_dir),
+         "tokens": {k: str(v) for k, v in token_dirs.items()}},
+        cfg.ray_train, cfg.run_name or out.name, out / "ray", callbacks, keep_checkpoints,
     )
     result = trainer.fit()
     final = json.loads((out / FINAL / "genrec.json").read_text())["metrics"]
@@ -88,7 +71,7 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None, keep_checkpoints: i
 def build_tokenizer(cfg: SFTConfig, out: Path) -> Path:
     """The tokenizer every worker and the tokenization step load: saved once in out_dir/tokenizer."""
     path = out / "tokenizer"
-    source = {"model": cfg.model, "vocab_size": cfg.vocab_size, "max_len": cfg.max_len,
+    source = {"model": cfg.model, "vocab_size": cfg.tiny.vocab_size, "max_len": cfg.max_len,
               "data_dir": str(Path(cfg.data_dir).resolve()), "format": cfg.format, "item_tokens": cfg.item_tokens}
     if (path / SOURCE_FILE).exists():
         built = {"item_tokens": False, **json.loads((path / SOURCE_FILE).read_text())}  # older runs lack the key
@@ -100,7 +83,7 @@ def build_tokenizer(cfg: SFTConfig, out: Path) -> Path:
     if cfg.model == "tiny":
         from genrec.models.tiny import train_tokenizer
 
-        tokenizer = train_tokenizer(tokenizer_texts(Path(cfg.data_dir)), vocab_size=cfg.vocab_size)
+        tokenizer = train_tokenizer(tokenizer_texts(Path(cfg.data_dir)), vocab_size=cfg.tiny.vocab_size)
     else:
         from genrec.models.tokenizer import load_tokenizer
 
@@ -169,13 +152,9 @@ def sft_worker(ctx: dict) -> None:
     train_rows = load_rows(ctx["tokens"]["train"])
     valid_rows = load_rows(ctx["tokens"]["valid"], cfg.valid_rows) if "valid" in ctx["tokens"] else None
 
-    resume = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as path:
-            resume = load_state(Path(path) / STATE_FILE)
-        if rank == 0:
-            log.info("resuming from %s at step %d", checkpoint.path, resume["position"]["step"])
+    resume, checkpoint_path = common.reported_state(STATE_FILE)
+    if resume is not None and rank == 0:
+        log.info("resuming from %s at step %d", checkpoint_path, resume["position"]["step"])
 
     ranking = None
     if cfg.valid_rank_users:
@@ -193,13 +172,8 @@ def sft_worker(ctx: dict) -> None:
 def build_model(cfg: SFTConfig, tokenizer) -> torch.nn.Module:
     """fp32 master weights everywhere: the loop autocasts to bf16 on GPU, where bf16 weights would
     lose AdamW's small updates."""
-    tiny = TinySettings(vocab_size=len(tokenizer), hidden_size=cfg.tiny_hidden, num_hidden_layers=cfg.tiny_layers,
-                        num_attention_heads=cfg.tiny_heads, max_position_embeddings=max(1024, cfg.max_len),
-                        attention_dropout=cfg.tiny_dropout, embedding_dropout=cfg.tiny_embedding_dropout, seed=cfg.seed)
-    targets = cfg.lora_target_modules
-    lora = LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
-                        "all-linear" if targets == ["all-linear"] else targets) if cfg.lora else None
-    return loading.build_model(cfg.model, tokenizer, dtype=torch.float32, tiny_settings=tiny, lora=lora)
+    return loading.build_model(cfg.model, tokenizer, dtype=torch.float32, tiny_size=cfg.tiny, seed=cfg.seed,
+                               max_positions=max(1024, cfg.max_len), lora=cfg.lora if cfg.lora.enabled else None)
 
 
 def wrap_model(model: torch.nn.Module, cfg: SFTConfig, world_size: int) -> torch.nn.Module:
@@ -240,7 +214,7 @@ class Reporter:
         self.best = _recorded_best(out / BEST, self.best_key, self.higher_is_better)
 
     def __call__(self, metrics: dict, state: dict | None) -> None:
-        self._maybe_fail(metrics.get("step", 0))
+        common.crash_if_planned(self.out, metrics.get("step", 0))  # tests only (genrec/faults.py)
         metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         if "valid_loss" in metrics and self.rank_validation is not None:
             model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
@@ -253,17 +227,10 @@ class Reporter:
         if self.best_key in metrics and self._improves(metrics[self.best_key]):
             self.best = metrics[self.best_key]
             self.export(self.out / BEST, metrics)
-        if state is None:
-            # ray.train.report is a barrier across workers (about 2 s a call measured here on CPU), so
-            # training-loss lines go to the plain log only; validation results and checkpoints to Ray.
-            if "valid_loss" in metrics:
-                ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            if self.rank == 0:
-                torch.save(state, Path(tmp) / STATE_FILE)
-                Path(tmp, "metrics.json").write_text(json.dumps(metrics))
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if self.rank == 0 else None)
+        # ray.train.report is a barrier across workers (about 2 s a call measured here on CPU), so
+        # training-loss lines go to the plain log only; validation results and checkpoints to Ray.
+        if state is not None or "valid_loss" in metrics:
+            common.report_to_ray(metrics, state, STATE_FILE, self.rank, {"metrics.json": json.dumps(metrics)})
 
     def export(self, path: Path, metrics: dict) -> None:
         """An HF-format model (or adapter) with genrec.json. Called on every rank: under FSDP the
@@ -277,19 +244,6 @@ class Reporter:
 
     def _improves(self, value: float) -> bool:
         return value > self.best if self.higher_is_better else value < self.best
-
-    def _maybe_fail(self, step: int) -> None:
-        """Test hook: exit this worker process once at `fail_at_step`, as a crash would.
-
-        It first waits for Ray Train's controller to collect the reports made so far (it polls
-        workers every 2 s by default): a worker that dies sooner loses its last report, checkpoint
-        included, and the run restarts from the one before, which would test nothing.
-        """
-        marker = self.out / FAILED_ONCE
-        if self.cfg.fail_at_step and step == self.cfg.fail_at_step and not marker.exists():
-            marker.write_text(str(step))
-            time.sleep(3 * HEALTH_CHECK_INTERVAL_S)
-            os._exit(1)
 
 
 def _recorded_best(path: Path, key: str, higher_is_better: bool) -> float:

@@ -25,8 +25,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -35,18 +33,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from genrec.config import RewardConfig, from_dict, save_config
-from genrec.jobs import reward as R
-from genrec.runtime import for_train_workers, init_ray, worker_resources
+from genrec.config import RewardConfig
+
+from genrec.config_loader import from_dict
+from genrec.girl import metrics as M
+from genrec.girl import prompts
+from genrec.girl import reward as R
+from genrec.girl.reward_checkpoint import META_FILE
+from genrec.models.embedders import resolve_backbone
+from genrec.train import common
 
 log = logging.getLogger("genrec.reward")
 
 STATE_FILE = "reward_state.pt"
 METRICS_FILE = "metrics.jsonl"
-FAILED_ONCE = ".failed_once"
 SOURCE_FILE = "genrec_source.json"
 FINAL = "final"
-HEALTH_CHECK_INTERVAL_S = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0))
 PAIR_COLUMNS = ["cv_text", "pos_text", "neg_cv_text", "neg_text", "margin", "neg_kind"]
 
 
@@ -54,30 +56,17 @@ PAIR_COLUMNS = ["cv_text", "pos_text", "neg_cv_text", "neg_text", "margin", "neg
 def train_reward(cfg: RewardConfig, callbacks: list | None = None, keep_checkpoints: int = 2) -> dict:
     """Run the reward stage; returns the held-out metrics (also in out_dir/metrics.json).
     `callbacks` go on the Ray Train RunConfig (Tune's TuneReportCallback: genrec/tune.py)."""
-    import ray.train
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    init_ray()
-    out = Path(cfg.out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = for_train_workers(cfg)
-    save_config(cfg, out / "config.yaml")
+    cfg, out = common.start_run(cfg)
     data = Path(cfg.data_dir).resolve()
     if not (data / "pairs" / "train.parquet").exists():
         raise FileNotFoundError(f"data_dir: {data / 'pairs' / 'train.parquet'} is missing; run `genrec prepare-jobs` first")
     if cfg.backbone == "tfidf":
         return fit_tfidf_reward(cfg, data, out)
     tokenizer_dir = build_tokenizer(cfg, out, data)
-    trainer = TorchTrainer(
+    trainer = common.torch_trainer(
         reward_worker,
-        train_loop_config={"cfg": dataclasses.asdict(cfg), "out": str(out), "data": str(data),
-                           "tokenizer_dir": str(tokenizer_dir)},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker=worker_resources(cfg)),
-        run_config=RunConfig(name=cfg.run_name or out.name, storage_path=str(out / "ray"),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints), callbacks=callbacks),
+        {"cfg": dataclasses.asdict(cfg), "out": str(out), "data": str(data), "tokenizer_dir": str(tokenizer_dir)},
+        cfg.ray_train, cfg.run_name or out.name, out / "ray", callbacks, keep_checkpoints,
     )
     trainer.fit()
     return evaluate_checkpoint(out / FINAL, data, out, cfg.calibration_bins)
@@ -86,7 +75,7 @@ def train_reward(cfg: RewardConfig, callbacks: list | None = None, keep_checkpoi
 def fit_tfidf_reward(cfg: RewardConfig, data: Path, out: Path) -> dict:
     """backbone=tfidf: a linear model fitted in the driver in seconds; Ray Train, steps and
     checkpoints have nothing to add to it. Same final/ folder and held-out metrics as the others."""
-    from genrec.jobs.tfidf_reward import TfidfPairModel, save_tfidf_reward
+    from genrec.girl.tfidf_reward import TfidfPairModel, save_tfidf_reward
 
     pairs = load_pairs(data / "pairs" / "train.parquet", cfg.max_train_pairs)
     texts = pd.concat([pairs["cv_text"], pairs["pos_text"]]).head(1000)
@@ -97,7 +86,7 @@ def fit_tfidf_reward(cfg: RewardConfig, data: Path, out: Path) -> dict:
     valid = load_pairs(data / "pairs" / "valid.parquet", 2000)
     if len(valid):
         r_pos, r_neg = model.score(valid["cv_text"], valid["pos_text"]), model.score(valid["neg_cv_text"], valid["neg_text"])
-        train["valid_pairwise_acc"] = R.pairwise_accuracy(r_pos, r_neg)
+        train["valid_pairwise_acc"] = M.pairwise_accuracy(r_pos, r_neg)
     (out / METRICS_FILE).write_text(json.dumps({"step": 0, **train}) + "\n")  # a rerun fits again
     save_tfidf_reward(out / FINAL, model, {"config": dataclasses.asdict(cfg), "train": train, **word_budgets(data)})
     return evaluate_checkpoint(out / FINAL, data, out, cfg.calibration_bins)
@@ -105,14 +94,14 @@ def fit_tfidf_reward(cfg: RewardConfig, data: Path, out: Path) -> dict:
 
 def word_budgets(data: Path) -> dict:
     stats = json.loads((data / "stats.json").read_text()) if (data / "stats.json").exists() else {}
-    return {k: stats.get(k, default) for k, default in (("max_cv_words", R.prompts.MAX_CV_WORDS),
-                                                        ("max_jd_words", R.prompts.MAX_JD_WORDS))}
+    return {k: stats.get(k, default) for k, default in (("max_cv_words", prompts.MAX_CV_WORDS),
+                                                        ("max_jd_words", prompts.MAX_JD_WORDS))}
 
 
 def build_tokenizer(cfg: RewardConfig, out: Path, data: Path) -> Path:
     """The tokenizer every worker loads, saved once in out_dir/tokenizer (a resumed run keeps its ids)."""
     path = out / "tokenizer"
-    source = {"backbone": cfg.backbone, "vocab_size": cfg.vocab_size, "data_dir": str(data)}
+    source = {"backbone": cfg.backbone, "vocab_size": cfg.tiny.vocab_size, "data_dir": str(data)}
     if (path / SOURCE_FILE).exists():
         built = json.loads((path / SOURCE_FILE).read_text())
         if built != source:
@@ -121,11 +110,11 @@ def build_tokenizer(cfg: RewardConfig, out: Path, data: Path) -> Path:
     if cfg.backbone == "tiny":
         pairs = pd.read_parquet(data / "pairs" / "train.parquet", columns=["cv_text", "pos_text", "neg_text"])
         texts = pd.unique(pd.concat([pairs[c] for c in pairs.columns]))
-        tokenizer = R.build_tiny_tokenizer(texts.tolist(), cfg.vocab_size)
+        tokenizer = R.build_tiny_tokenizer(texts.tolist(), cfg.tiny.vocab_size)
     else:
         from genrec.models.tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer(R.resolve_backbone(cfg.backbone))
+        tokenizer = load_tokenizer(resolve_backbone(cfg.backbone))
     tokenizer.save_pretrained(path)
     (path / SOURCE_FILE).write_text(json.dumps(source, indent=2))
     return path
@@ -145,7 +134,7 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, out: Path, bins: int = 10,
     pairs = load_pairs(data / "pairs" / f"{split}.parquet")
     inter_path = data / "interactions" / f"{split}.parquet"
     interactions = pd.read_parquet(inter_path) if inter_path.exists() else None
-    metrics = R.heldout_metrics(scorer.score, pairs, interactions, bins)
+    metrics = M.heldout_metrics(scorer.score, pairs, interactions, bins)
     metrics["split"] = split
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     lines = [f"# reward calibration ({split} pairs, both orders)", "",
@@ -155,8 +144,8 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, out: Path, bins: int = 10,
     lines += ["", f"pairwise accuracy {metrics['pairwise_acc']:.4f}, AUC {metrics['auc']:.4f}, "
               f"ECE {metrics['ece']:.4f}"]
     (out / "calibration.md").write_text("\n".join(lines) + "\n")
-    R.plot_calibration(metrics["calibration"], out / "calibration.png")
-    meta_path = checkpoint / R.META_FILE
+    M.plot_calibration(metrics["calibration"], out / "calibration.png")
+    meta_path = checkpoint / META_FILE
     meta = json.loads(meta_path.read_text())
     meta["metrics"] = {k: v for k, v in metrics.items() if k != "calibration"}
     meta_path.write_text(json.dumps(meta, indent=2, default=str))
@@ -179,30 +168,19 @@ def reward_worker(ctx: dict) -> None:
     world_size, rank = context.get_world_size(), context.get_world_rank()
     device = ray.train.torch.get_device()
     tokenizer = load_tokenizer(ctx["tokenizer_dir"])
-    model = R.build_reward_model(cfg.backbone, tokenizer, cfg.pooling, cfg.tiny_hidden, cfg.tiny_layers,
-                                 cfg.tiny_heads, cfg.max_len, cfg.seed).to(device)
+    model = R.build_reward_model(cfg.backbone, tokenizer, cfg.pooling, cfg.tiny, cfg.max_len, cfg.seed).to(device)
     wrapped = ray.train.torch.prepare_model(model, move_to_device=False) if world_size > 1 else model
-    resume = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as path:
-            resume = torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=False)
-        if rank == 0:
-            log.info("resuming from %s at step %d", checkpoint.path, resume["step"])
+    resume, checkpoint_path = common.reported_state(STATE_FILE)
+    if resume is not None and rank == 0:
+        log.info("resuming from %s at step %d", checkpoint_path, resume["step"])
 
     def report(metrics: dict, state: dict | None) -> None:
-        _maybe_fail(cfg, out, metrics.get("step", 0))
+        common.crash_if_planned(out, metrics.get("step", 0))  # tests only (genrec/faults.py)
         if rank == 0:
             with open(out / METRICS_FILE, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
-        if state is None:
-            if "valid_pairwise_acc" in metrics:
-                ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                torch.save(state, Path(tmp) / STATE_FILE)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
+        if state is not None or "valid_pairwise_acc" in metrics:  # not every training-loss line: a barrier
+            common.report_to_ray(metrics, state, STATE_FILE, rank)
 
     train = load_pairs(data / "pairs" / "train.parquet", cfg.max_train_pairs)
     valid = load_pairs(data / "pairs" / "valid.parquet", 2000)
@@ -212,16 +190,6 @@ def reward_worker(ctx: dict) -> None:
         meta = {"backbone": cfg.backbone, "max_len": cfg.max_len, "config": dataclasses.asdict(cfg),
                 "train": result, **word_budgets(data)}
         R.save_reward(out / FINAL, model, tokenizer, meta)
-
-
-def _maybe_fail(cfg: RewardConfig, out: Path, step: int) -> None:
-    """Test hook: exit this worker once at `fail_at_step`, after Ray Train has collected the reports
-    made so far (it polls workers every couple of seconds), as a crash would."""
-    marker = out / FAILED_ONCE
-    if cfg.fail_at_step and step == cfg.fail_at_step and not marker.exists():
-        marker.write_text(str(step))
-        time.sleep(3 * HEALTH_CHECK_INTERVAL_S)
-        os._exit(1)
 
 
 # ------------------------------------------------------------------------------------ the loop
@@ -246,7 +214,7 @@ def valid_accuracy(model, tokenizer, rows: pd.DataFrame, max_len: int, device, b
         pos.append(p.float().cpu().numpy())
         neg.append(n.float().cpu().numpy())
     model.train()
-    return R.pairwise_accuracy(np.concatenate(pos), np.concatenate(neg)) if pos else float("nan")
+    return M.pairwise_accuracy(np.concatenate(pos), np.concatenate(neg)) if pos else float("nan")
 
 
 def reward_train_loop(cfg: RewardConfig, model, tokenizer, train: pd.DataFrame, valid: pd.DataFrame | None,
@@ -261,24 +229,13 @@ def reward_train_loop(cfg: RewardConfig, model, tokenizer, train: pd.DataFrame, 
     global_batch = cfg.batch_size * world_size
     steps_per_epoch = max(1, math.ceil(len(train) / global_batch))
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    warmup = cfg.warmup_steps
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    optimizer = common.adamw(common.decay_groups(model.parameters(), cfg.weight_decay), cfg.lr, device)
+    scheduler = common.warmup_schedule(optimizer, "linear", cfg.warmup_steps, total, warmup_starts_at_zero=False)
     step = 0
     if resume_state is not None:
         inner = model.module if hasattr(model, "module") else model
         inner.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
+        common.restore_training_state(resume_state, optimizer, scheduler)
         step = resume_state["step"]
     model.train()
     last: dict = {"step": step}  # a rerun of a finished run resumes at the end and trains nothing
@@ -319,8 +276,8 @@ def reward_train_loop(cfg: RewardConfig, model, tokenizer, train: pd.DataFrame, 
         state = None
         if save:
             inner = model.module if hasattr(model, "module") else model
-            state = {"model": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}
+            state = common.training_state(optimizer.state_dict(), scheduler, step=step,
+                                          model={k: v.detach().cpu() for k, v in inner.state_dict().items()})
         if len(metrics) > 2 or state is not None:
             last.update(metrics)
             if report is not None:

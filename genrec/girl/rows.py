@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from genrec.jobs import prompts
+from genrec.girl import prompts
 
 SPLITS = ("train", "valid", "test")
 SFT_SCHEMA = pa.schema([

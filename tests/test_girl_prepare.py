@@ -7,12 +7,12 @@ import pytest
 from genrec.config import PrepareJobsConfig
 from genrec.data.templates import get_template
 from genrec.data.tokenize import RowTooLongError, tokenize_rows
-from genrec.jobs import prompts
+from genrec.girl import prompts
 
 
 @pytest.fixture(scope="module")
 def prepared(ray_session, tmp_path_factory):
-    from genrec.jobs.prepare import prepare_jobs
+    from genrec.girl.prepare import prepare_jobs
 
     out = tmp_path_factory.mktemp("jobs") / "prepared"
     stats = prepare_jobs(PrepareJobsConfig(out_dir=str(out), synth_num_cvs=150, synth_num_jds=100,

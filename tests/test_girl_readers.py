@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from genrec.data.rejects import Rejects
-from genrec.jobs.readers import (JobDataError, read_cvs, read_generic, read_interactions, read_jds,
+from genrec.girl.readers import (JobDataError, read_cvs, read_generic, read_interactions, read_jds,
                                  read_livecareer_google, read_vanetik, read_zh_screening)
 
 from conftest import shared_data

@@ -1,9 +1,9 @@
 """The GIRL models behind `/v1/jobs/*`, as plain classes (no Ray): JobGenerator writes a JD for a CV,
 JobMatcher scores (CV, JD) pairs with the reward model and recommends real openings.
 
-The prompt is always `genrec.jobs.prompts.generator_prompt` (what the generator was trained on);
-scoring is `genrec.jobs.reward.load_reward(...).score`; recommending is
-`genrec.jobs.recommend.JobRecommender.recommend` (generate -> embed -> retrieve -> rerank).
+The prompt is always `genrec.girl.prompts.generator_prompt` (what the generator was trained on);
+scoring is `genrec.girl.reward.load_reward(...).score`; recommending is
+`genrec.girl.recommend.JobRecommender.recommend` (generate -> embed -> retrieve -> rerank).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class JobGeneratorModel:
     def _generate(self, cvs: list[str], max_new_tokens: int, temperature: float) -> list[str]:
         import torch
 
-        from genrec.jobs.prompts import generator_prompt
+        from genrec.girl.prompts import generator_prompt
 
         # Tokenized as training tokenizes a prompt (genrec.data.tokenize.batch_prompt_ids), left-padded.
         prompts = self.tokenizer([generator_prompt(cv) for cv in cvs], split_special_tokens=True)["input_ids"]
@@ -66,14 +66,14 @@ class JobMatcherModel:
         self.cfg = cfg
         self.recommender = None
         if cfg.generator_dir:
-            from genrec.jobs.recommend import JobRecommender
+            from genrec.girl.recommend import JobRecommender
 
             if not cfg.jds_path:
                 raise ValueError("matcher.jds_path: JobRecommender needs the openings (jds.parquet)")
             self.recommender = JobRecommender(cfg.generator_dir, cfg.reward_dir, cfg.jds_path, embedder=cfg.embedder)
             self.reward = self.recommender.reward  # the same reward model scores both endpoints: loaded once
         else:
-            from genrec.jobs.reward import load_reward
+            from genrec.girl.reward import load_reward
 
             self.reward = load_reward(cfg.reward_dir)
 

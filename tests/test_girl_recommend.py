@@ -4,8 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genrec.jobs import reward as R
-from genrec.jobs.recommend import JobRecommender, TextEmbedder
+from genrec.config import TinyModel
+from genrec.girl import reward as R
+from genrec.girl.recommend import JobRecommender
+from genrec.models.embedders import TextEmbedder
 
 JDS = pd.DataFrame({
     "jd_id": [f"j{i}" for i in range(6)],
@@ -18,17 +20,17 @@ JDS = pd.DataFrame({
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    from genrec.models.loading import TinySettings, build_model, save_checkpoint
+    from genrec.models.loading import build_model, save_checkpoint
     from genrec.models.tiny import train_tokenizer
 
     root = tmp_path_factory.mktemp("rec")
     texts = JDS["text"].tolist() + ["Write the job description of an opening"]
     tokenizer = train_tokenizer(texts, vocab_size=300)
-    generator = build_model("tiny", tokenizer, tiny_settings=TinySettings(vocab_size=len(tokenizer), hidden_size=32,
-                                                                          num_hidden_layers=1, num_attention_heads=2))
+    generator = build_model("tiny", tokenizer, tiny_size=TinyModel(vocab_size=len(tokenizer), hidden=32,
+                                                                          layers=1, heads=2))
     save_checkpoint(root / "gen", generator, tokenizer, "sft", {}, {})
     reward_tok = R.build_tiny_tokenizer(texts, 300)
-    model = R.build_reward_model("tiny", reward_tok, tiny_hidden=32, tiny_layers=1, tiny_heads=2, max_len=64, seed=3)
+    model = R.build_reward_model("tiny", reward_tok, tiny_size=TinyModel(hidden=32, layers=1, heads=2), max_len=64, seed=3)
     R.save_reward(root / "rm", model, reward_tok, {"backbone": "tiny", "max_len": 64})
     JDS.to_parquet(root / "jds.parquet")
     return root

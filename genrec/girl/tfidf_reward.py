@@ -7,19 +7,19 @@ makes it hard to game with text that is not about the CV. On the synthetic marke
 better and follows the hidden true fit more closely than the tiny LM reward model at CPU budgets
 (bench/results/reward_quality.md). Text without spaces (Chinese) is read as character 1-2-grams.
 
-Same scorer interface as genrec.jobs.reward.RewardScorer (`score`, `info`, `meta`), so PPO, job
+Same scorer interface as genrec.girl.reward.RewardScorer (`score`, `info`, `meta`), so PPO, job
 recommendation and Serve load it through `load_reward` unchanged.
 """
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from genrec.jobs import prompts
+from genrec.girl import prompts
+from genrec.girl.reward_checkpoint import write_meta
 
 MODEL_FILE = "tfidf_pair_model.pkl"
 
@@ -77,13 +77,11 @@ class TfidfRewardScorer:
 
 
 def save_tfidf_reward(directory, model: TfidfPairModel, meta: dict) -> Path:
-    from genrec.jobs.reward import META_FILE
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / MODEL_FILE, "wb") as f:
         pickle.dump(model, f)
-    (directory / META_FILE).write_text(json.dumps(dict(meta, stage="reward", backbone="tfidf"), indent=2, default=str))
+    write_meta(directory, dict(meta, backbone="tfidf"))
     return directory
 
 

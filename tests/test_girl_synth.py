@@ -5,7 +5,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from genrec.data import jobs_synth as J
+from genrec.girl import market as J
+from genrec.girl import taxonomy as T
+from genrec.girl import true_fit as F
+from genrec.girl.metrics import auc
 
 SMALL = dict(num_cvs=300, num_jds=240)
 
@@ -47,28 +50,28 @@ def test_texts_are_readable_and_mention_their_fields(market):
     for cv in cvs.to_pylist():
         text = cv["text"].lower()
         assert cv["text"].strip() and cv["true_role"] in text
-        assert J.SENIORITY_WORD[cv["true_seniority"]].lower() in text
+        assert T.SENIORITY_WORD[cv["true_seniority"]].lower() in text
         assert cv["true_location"].lower() in text and f"{cv['true_years']} year" in text
         assert all(skill.lower() in text for skill in cv["true_skills"]), cv
-        lo, hi = J.YEARS[cv["true_seniority"]]
+        lo, hi = T.YEARS[cv["true_seniority"]]
         assert lo <= cv["true_years"] <= hi
     for jd in jds.to_pylist():
-        assert jd["title"] == f"{J.SENIORITY_WORD[jd['true_seniority']]} {J.ROLES[jd['true_role']][0]}"
+        assert jd["title"] == f"{T.SENIORITY_WORD[jd['true_seniority']]} {T.ROLES[jd['true_role']][0]}"
         assert jd["title"] in jd["text"] and jd["true_location"] in jd["text"]
         assert all(skill in jd["text"] for skill in jd["true_required_skills"]), jd
         assert ("remote" in jd["text"].lower()) == jd["true_remote"]
     # The taxonomy is varied: every role, seniority and city occurs; texts are mostly distinct.
-    assert set(cvs["true_role"].to_pylist()) == set(J.ROLE_NAMES)
-    assert set(jds["true_seniority"].to_pylist()) == set(J.SENIORITY)
-    assert set(cvs["true_location"].to_pylist()) == set(J.LOCATIONS)
+    assert set(cvs["true_role"].to_pylist()) == set(T.ROLE_NAMES)
+    assert set(jds["true_seniority"].to_pylist()) == set(T.SENIORITY)
+    assert set(cvs["true_location"].to_pylist()) == set(T.LOCATIONS)
     assert len(set(cvs["text"].to_pylist())) == cvs.num_rows
 
 
 def test_every_skill_name_parses_to_itself_alone():
     # Guards the keyword matcher against names hiding inside others ('Java' in 'JavaScript',
     # 'SQL' in 'PostgreSQL', 'React' in 'React Native').
-    for skill in J._ALL_SKILLS:
-        assert J.parse_jd_text(f"Requirements: {skill}.")["required_skills"] == [skill]
+    for skill in T.ALL_SKILLS:
+        assert F.parse_jd_text(f"Requirements: {skill}.")["required_skills"] == [skill]
 
 
 def test_fit_of_text_recovers_true_fit_of_generated_jds(market):
@@ -77,20 +80,20 @@ def test_fit_of_text_recovers_true_fit_of_generated_jds(market):
     # contain a keyword) but no more than one term's worth (the smallest weight, 0.15).
     cvs, jds, _, _ = market
     cv_rows = cvs.to_pylist()[:20]
-    diffs = np.array([[abs(J.fit_of_text(cv, jd["text"]) - J.true_fit(cv, jd)) for cv in cv_rows]
+    diffs = np.array([[abs(F.fit_of_text(cv, jd["text"]) - F.true_fit(cv, jd)) for cv in cv_rows]
                       for jd in jds.to_pylist()])
     assert (diffs.max(axis=1) < 1e-9).mean() >= 0.98
-    assert diffs.max() <= J.W_LOCATION + 1e-9
+    assert diffs.max() <= F.W_LOCATION + 1e-9
 
 
 def test_unparseable_or_stuffed_text_scores_low(market):
     cvs, jds, _, _ = market
     cv = cvs.to_pylist()[0]
     for junk in ("", "lorem ipsum dolor sit amet", "!!!", None, 42):
-        assert J.fit_of_text(cv, junk) == 0.0
+        assert F.fit_of_text(cv, junk) == 0.0
     # Listing every skill of the taxonomy buys almost no skill credit: coverage of required skills.
-    stuffed = "Requirements: " + ", ".join(J._ALL_SKILLS)
-    assert J.fit_of_text(cv, stuffed) < 0.1
+    stuffed = "Requirements: " + ", ".join(T.ALL_SKILLS)
+    assert F.fit_of_text(cv, stuffed) < 0.1
 
 
 def test_fit_is_highest_for_a_jd_made_for_the_cvs_own_role_seniority_and_location(market):
@@ -98,18 +101,18 @@ def test_fit_is_highest_for_a_jd_made_for_the_cvs_own_role_seniority_and_locatio
     rng = np.random.default_rng(0)
     for cv in cvs.to_pylist()[:60]:
         own = J.make_jd(rng, cv["true_role"], cv["true_seniority"], cv["true_location"], remote=False)
-        other_role = next(r for r in J.ROLE_NAMES if r != cv["true_role"])
-        other_level = J.SENIORITY[(J.SENIORITY.index(cv["true_seniority"]) + 2) % 4]
-        other_city = next(c for c in J.LOCATIONS if c != cv["true_location"])
-        fit = J.true_fit(cv, own)
+        other_role = next(r for r in T.ROLE_NAMES if r != cv["true_role"])
+        other_level = T.SENIORITY[(T.SENIORITY.index(cv["true_seniority"]) + 2) % 4]
+        other_city = next(c for c in T.LOCATIONS if c != cv["true_location"])
+        fit = F.true_fit(cv, own)
         for change in ({"true_role": other_role}, {"true_seniority": other_level}, {"true_location": other_city}):
-            assert J.true_fit(cv, {**own, **change}) < fit, change
-        assert J.fit_of_text(cv, own["text"]) == pytest.approx(fit)
+            assert F.true_fit(cv, {**own, **change}) < fit, change
+        assert F.fit_of_text(cv, own["text"]) == pytest.approx(fit)
         # ... and the same JD with the CV's skills as requirements is a perfect fit.
-        assert J.true_fit(cv, {**own, "true_required_skills": cv["true_skills"]}) == pytest.approx(1.0)
+        assert F.true_fit(cv, {**own, "true_required_skills": cv["true_skills"]}) == pytest.approx(1.0)
     # Over the whole market, a CV's best JD is of its own role.
     jd_rows = jds.to_pylist()
-    best_roles = [jd_rows[int(np.argmax([J.true_fit(cv, jd) for jd in jd_rows]))]["true_role"] == cv["true_role"]
+    best_roles = [jd_rows[int(np.argmax([F.true_fit(cv, jd) for jd in jd_rows]))]["true_role"] == cv["true_role"]
                   for cv in cvs.to_pylist()[:100]]
     assert np.mean(best_roles) >= 0.95
 
@@ -134,14 +137,14 @@ def test_labels_are_noisy_but_follow_true_fit(market):
     labels, fits = np.asarray(pairs["label"]), np.asarray(truth["true_fit"])
     assert 0.15 < labels.mean() < 0.45
     assert fits[labels == 1].mean() - fits[labels == 0].mean() > 0.2
-    auc = J.auc(fits, labels)
-    assert 0.75 < auc < 0.99, auc
+    fit_auc = auc(fits, labels)
+    assert 0.75 < fit_auc < 0.99, fit_auc
     # Hires come from higher fits than mere applications.
     grades = np.asarray(pairs["grade"])
     assert fits[grades == 3].mean() > fits[grades == 1].mean()
 
 
 def test_auc_helper():
-    assert J.auc(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 0, 1, 1])) == 1.0
-    assert J.auc(np.array([0.4, 0.3, 0.2, 0.1]), np.array([0, 0, 1, 1])) == 0.0
-    assert J.auc(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5
+    assert auc(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 0, 1, 1])) == 1.0
+    assert auc(np.array([0.4, 0.3, 0.2, 0.1]), np.array([0, 0, 1, 1])) == 0.0
+    assert auc(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5

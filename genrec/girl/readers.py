@@ -226,7 +226,7 @@ def read_synthetic(folder) -> JobSet:
     """`genrec data synth jobs` output. The hidden `true_` columns stay out (truth.parquet and the
     true_ fields are for evaluation only); a JD's group is its title without the seniority word, i.e.
     its role, as any reader of the text sees it."""
-    from genrec.data import jobs_synth as S
+    from genrec.girl import taxonomy as S
 
     folder = Path(folder)
     cvs = pq.read_table(folder / "cvs.parquet", columns=["cv_id", "text"]).to_pandas()

@@ -1,0 +1,35 @@
+"""Fault injection for tests: no config key reaches it.
+
+A test writes `<out_dir>/faults.json` before a run, e.g. {"crash_at_step": 6} (train-sft,
+train-reward: a Ray Train worker) or {"crash_at_iteration": 3} (ppo: rollout worker 0), and the
+process exits there once, as a crash would. The marker `<out_dir>/.failed_once` (holding the step or
+iteration) keeps the restarted worker, and a rerun of the same out_dir, from dying again, so a
+test can check that Ray restarts the worker and that the run resumes from its last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+FAULTS_FILE = "faults.json"
+FAILED_ONCE = ".failed_once"
+
+
+def plan_crash(out_dir: str | Path, **where: int) -> None:
+    """For tests: make the run in out_dir crash once at `crash_at_step` or `crash_at_iteration`."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / FAULTS_FILE).write_text(json.dumps(where))
+
+
+def crash_planned(out_dir: str | Path, key: str, position: int) -> bool:
+    """Whether faults.json plans a crash at `key` == position that has not happened yet."""
+    faults, marker = Path(out_dir) / FAULTS_FILE, Path(out_dir) / FAILED_ONCE
+    return faults.exists() and not marker.exists() and json.loads(faults.read_text()).get(key) == position
+
+
+def crash_once(out_dir: str | Path, key: str, position: int) -> None:
+    """Exit this process if faults.json plans a crash at `key` == position and none happened yet."""
+    if crash_planned(out_dir, key, position):
+        (Path(out_dir) / FAILED_ONCE).write_text(str(position))
+        os._exit(1)
