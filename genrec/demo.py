@@ -2,14 +2,16 @@
 
 The stages are configs/pipeline_demo.yaml run by genrec.pipeline (the file a user edits, or submits
 with `ray job submit -- python ray_jobs/pipeline.py --config configs/pipeline_demo.yaml`); then the
-trained models go behind Ray Serve on 127.0.0.1, sample requests are sent and answered, Serve
-shuts down, and one table sums the run up. Everything lands in the run folder: pipeline.json,
+trained models go behind Ray Serve on 127.0.0.1, sample requests are sent and answered, the page's
+URL is printed (in a terminal, Serve stays up for the browser until Enter), Serve shuts down, and
+one table sums the run up. Everything lands in the run folder: pipeline.json,
 report.md with plots, summary.json.
 """
 from __future__ import annotations
 
 import json
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import genrec
 DEMO_CONFIG = Path(genrec.__file__).resolve().parents[1] / "configs" / "pipeline_demo.yaml"
 
 
-def run_demo(out: str) -> dict:
+def run_demo(out: str, wait: bool = True) -> dict:
     from genrec.pipeline import load_pipeline, run_pipeline
 
     if not DEMO_CONFIG.exists():
@@ -27,18 +29,21 @@ def run_demo(out: str) -> dict:
     started = time.time()
     pipeline = run_pipeline(load_pipeline(str(DEMO_CONFIG), [f"out_dir={run}"]))
     started_serve = time.time()
-    served = serve_and_ask(run)
+    served = serve_and_ask(run, wait)
     summary = {"run": str(run), "stages": _stage_lines(pipeline["stages"]), "serve": served,
                "timings_s": {**{n: s.get("seconds") for n, s in pipeline["stages"].items()},
                              "serve": round(time.time() - started_serve, 1), "total": round(time.time() - started, 1)},
                "report": pipeline.get("report")}
     (run / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(table(summary))
+    print(f"Each stage's full result: {run / 'summary.json'}; plots: {summary['report']}", flush=True)
     return summary
 
 
-def serve_and_ask(run: Path) -> dict:
-    """The demo's models behind one Serve app on a free loopback port: sample requests, then shut down."""
+def serve_and_ask(run: Path, wait: bool = False) -> dict:
+    """The demo's models behind one Serve app on a free loopback port: sample requests, the page's URL,
+    then shut down. With `wait` and a terminal on stdin, Serve stays up until Enter; without a
+    terminal (CI, a pipe) there is nobody to press it, so it never waits."""
     import httpx
     import pyarrow.parquet as pq
     from ray import serve
@@ -75,9 +80,24 @@ def serve_and_ask(run: Path) -> dict:
                                      ("recommend jobs", "/v1/jobs/recommend", {"cv": cv, "k": 3})):
                 response = client.post(path, json=body)
                 answers[name] = (response.status_code, response.json())
+            response = client.get("/v1/catalog/search", params={"q": titles[history[0]][:5], "limit": 5})
+            answers["search the catalog"] = (response.status_code, response.json())
+        show_page(url, wait)
     finally:
         serve.shutdown()
     return {"url": url, "answers": {name: {"status": s, "body": b} for name, (s, b) in answers.items()}}
+
+
+def show_page(url: str, wait: bool, stdin=None) -> bool:
+    """Print the page's URL; with `wait` and a terminal on stdin, block until Enter (or end of input).
+    Returns whether it waited."""
+    stdin = stdin or sys.stdin
+    print(f"\nTry it in a browser: {url}/ (API docs: {url}/docs)", flush=True)
+    if not (wait and stdin.isatty()):
+        return False
+    print("Serve stays up until you press Enter.", flush=True)
+    stdin.readline()
+    return True
 
 
 def _free_port() -> int:

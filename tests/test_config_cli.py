@@ -150,3 +150,16 @@ def test_tune_resolves_input_paths_in_base_and_search_space_lists(tmp_path, monk
     assert absolute_listed_paths(SFTConfig, "lr", {"choice": ["base_a"]}) == {"choice": ["base_a"]}  # not a path key
     ppo = absolute_input_paths(PPOConfig, {"policy_dir": "base_a", "reward_path": "missing", "truth_path": ""})
     assert ppo == {"policy_dir": str(tmp_path / "base_a")}
+
+
+def test_the_demo_ends_on_its_table_not_on_json(monkeypatch, capsys):
+    import genrec.demo
+
+    def fake_demo(out, wait):
+        print("| stage | result | seconds |")
+        return {"run": out, "stages": {}}
+
+    monkeypatch.setattr(genrec.demo, "run_demo", fake_demo)
+    assert main(["demo", "--out", "runs/x", "--no-wait"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.rstrip().endswith("| stage | result | seconds |") and '"run"' not in printed

@@ -1,4 +1,5 @@
-"""The HTTP API: one FastAPI app (OpenAPI docs at /docs) in front of the model backends.
+"""The HTTP API: one FastAPI app in front of the model backends, with a page to try it at / and the
+OpenAPI docs at /docs, both made of files shipped in genrec/serve/page/ (nothing from a CDN).
 
 The app knows nothing of Ray: each backend is an object with `async call(method, *args)`, a Serve
 deployment handle in the Serve app (genrec/serve/deployments.py) or a local object in the
@@ -10,16 +11,24 @@ fit the schema or the catalog 422. Bad input never reaches a model, so it never 
 """
 # No `from __future__ import annotations`: FastAPI must see the request classes built in request_models.
 import dataclasses
+import functools
+import html
 import inspect
+from pathlib import Path
 from typing import Any, Optional, Union
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from genrec.config import ServeConfig
+from genrec.serve.recommender import CatalogSearch
+
+PAGE_DIR = Path(__file__).resolve().parent / "page"  # index.html, docs.html, app.js, docs.js, style.css
+SEARCH_MAX_LIMIT, SEARCH_MAX_QUERY = 50, 200
 
 
 class Backend:
@@ -99,6 +108,15 @@ class JobsRecommendResponse(BaseModel):
     cv_truncated: bool
 
 
+class CatalogItem(BaseModel):
+    item_id: str
+    title: str
+
+
+class CatalogSearchResponse(BaseModel):
+    items: list[CatalogItem] = Field(description="id match first, then id prefix, title prefix, title substring")
+
+
 class ErrorResponse(BaseModel):
     detail: str
 
@@ -137,8 +155,10 @@ def request_models(cfg: ServeConfig) -> dict[str, type[BaseModel]]:
 def create_api(cfg: ServeConfig, backends: Backends) -> FastAPI:
     app = FastAPI(title="genrec", version="1", description="Generative recommendation (GenRec) and job "
                   "matching (GIRL) behind one API. Errors: 400 malformed JSON, 413 too large, 415 not JSON, "
-                  "422 invalid; each names the field.")
+                  "422 invalid; each names the field.",
+                  docs_url=None, redoc_url=None)  # FastAPI's own docs pages load their scripts from a CDN
     add_error_handlers(app)
+    add_pages(app)
     models = request_models(cfg)
 
     @app.get("/healthz")
@@ -169,6 +189,24 @@ def create_api(cfg: ServeConfig, backends: Backends) -> FastAPI:
         async def recommend(body: RecommendRequest) -> dict:  # type: ignore[valid-type]
             """k distinct catalog items for a history, by catalog-constrained beam search."""
             return unwrap(await backends.recommender.call("recommend", body.history, body.k, body.exclude_history))
+
+        # The ingress reads the catalog file itself (ids and titles, no model), on the first search:
+        # the type-ahead then costs no hop to a model replica, and a search waits for no beam search.
+        catalog = functools.cache(lambda: CatalogSearch.from_parquet(Path(cfg.recommender.data_dir) / "catalog.parquet"))
+
+        @app.get("/v1/catalog/search", response_model=CatalogSearchResponse, responses={422: {"model": ErrorResponse}})
+        async def catalog_search(
+            request: Request,
+            q: str = Query(min_length=1, max_length=SEARCH_MAX_QUERY, description="part of a title or an item id"),
+            limit: int = Query(10, ge=1, le=SEARCH_MAX_LIMIT, description="items to return at most"),
+        ) -> dict:
+            """Catalog items whose id or title matches q (case-insensitive), for a type-ahead."""
+            unknown = sorted(set(request.query_params) - {"q", "limit"})
+            if unknown:  # as a body's misspelt field is an error, so is a query's
+                raise HTTPException(422, f"{unknown[0]}: unknown query parameter (expected q, limit)")
+            if not q.strip():
+                raise HTTPException(422, "q: empty (only whitespace)")
+            return {"items": catalog().search(q, limit)}
 
     if backends.generator is not None:
         GenerateRequest = models["generate"]
@@ -201,6 +239,26 @@ def create_api(cfg: ServeConfig, backends: Backends) -> FastAPI:
                 return {"jobs": unwrap(await backends.matcher.call("recommend", cv, body.k)), "cv_truncated": cut}
 
     return app
+
+
+def add_pages(app: FastAPI) -> None:
+    """The page at / and the docs at /docs, their scripts and style under /page/. Both HTML files hold
+    a `<base href>` set to the app's root path, so that their relative links work under any Serve
+    route_prefix."""
+    app.mount("/page", StaticFiles(directory=PAGE_DIR), name="page")
+    pages = {name: (PAGE_DIR / name).read_text() for name in ("index.html", "docs.html")}
+
+    def render(name: str, request: Request) -> HTMLResponse:
+        base = html.escape(request.scope.get("root_path", "").rstrip("/") + "/", quote=True)
+        return HTMLResponse(pages[name].replace("{{base}}", base))
+
+    @app.get("/", include_in_schema=False)
+    async def page(request: Request) -> HTMLResponse:
+        return render("index.html", request)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        return render("docs.html", request)
 
 
 def unwrap(result: Any) -> Any:
@@ -241,9 +299,10 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 def describe_error(error: dict) -> str:
-    """`history.2: Input should be a valid string` from pydantic's error (the `body` prefix dropped)."""
+    """`history.2: Input should be a valid string` from pydantic's error (the `body` or `query` prefix
+    dropped)."""
     loc = [str(p) for p in error.get("loc", ())]
-    if loc and loc[0] == "body":
+    if loc and loc[0] in ("body", "query"):
         loc = loc[1:]
     message = error.get("msg", "invalid")
     if loc and loc[-1] in ("str", "int") and error.get("type") in ("string_type", "int_type"):

@@ -28,7 +28,7 @@ def serve_app(cfg: ServeConfig) -> dict:
     from ray import serve
 
     url = start_serve(cfg)
-    log.info("genrec serving at %s (OpenAPI docs at %s/docs)", url, url)
+    log.info("genrec serving at %s: a page to try it at %s/, OpenAPI docs at %s/docs", url, url, url)
     if cfg.blocking:
         try:
             while True:
@@ -37,7 +37,7 @@ def serve_app(cfg: ServeConfig) -> dict:
             log.info("shutting down Serve")
         finally:
             serve.shutdown()
-    return {"url": url, "docs": f"{url}/docs", "app": cfg.app_name}
+    return {"url": url, "page": f"{url}/", "docs": f"{url}/docs", "app": cfg.app_name}
 
 
 def demo_requests(url: str, item_ids: list[str], titles: list[str]) -> dict:

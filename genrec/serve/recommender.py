@@ -9,9 +9,12 @@ is a catalog item.
 
 A request goes through two steps: `check` (cheap, per request: resolve ids or titles, apply the
 history policy) and `rank` (one ranking call for a whole batch of checked requests).
+
+CatalogSearch is the type-ahead behind `GET /v1/catalog/search`: ids and titles only, no model.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import logging
@@ -195,3 +198,59 @@ class RecommenderModel:
             "device": str(self.model.device),
             "empty_history": self.cfg.empty_history,
         }
+
+
+class CatalogSearch:
+    """Type-ahead over the catalog: the items whose id or title matches what was typed so far.
+
+    Matching ignores case and runs of whitespace. The answer lists, in this order and without
+    repeats: the item whose id is the query, items whose id starts with it, items whose title starts
+    with it (both alphabetically, by bisection over sorted keys), then items whose title contains it
+    (catalog order). The substring step scans one string holding every title, so a query costs one
+    C-level `str.find` per hit rather than a Python loop over the catalog; it stops at `limit` hits.
+    """
+
+    def __init__(self, item_ids: list[str], titles: list[str]) -> None:
+        self.item_ids, self.titles = list(item_ids), list(titles)
+        title_keys = [normalize(t) for t in self.titles]  # never holds "\n" (normalize splits on it)
+        id_keys = [normalize(i) for i in self.item_ids]
+        self.index_of_id = {key: index for index, key in enumerate(id_keys)}
+        self.ids_sorted = sorted((key, index) for index, key in enumerate(id_keys))
+        self.titles_sorted = sorted((key, index) for index, key in enumerate(title_keys))
+        self.text = "\n".join(title_keys)
+        self.starts = np.cumsum([0] + [len(key) + 1 for key in title_keys])  # where each title begins in text
+
+    @classmethod
+    def from_parquet(cls, path: str | Path) -> "CatalogSearch":
+        import pyarrow.parquet as pq
+
+        catalog = pq.read_table(path, columns=["item_id", "title"])  # the columns RankUsers reads
+        return cls([str(i) for i in catalog.column("item_id").to_pylist()], catalog.column("title").to_pylist())
+
+    def search(self, query: str, limit: int) -> list[dict]:
+        """Up to `limit` catalog items [{item_id, title}] for the query, best matches first."""
+        q = normalize(query)
+        if not q:
+            return []
+        found: dict[int, None] = {}  # an ordered set of catalog indices
+        if q in self.index_of_id:
+            found[self.index_of_id[q]] = None
+        for keys in (self.ids_sorted, self.titles_sorted):
+            position = bisect.bisect_left(keys, (q, -1))
+            while position < len(keys) and len(found) < limit and keys[position][0].startswith(q):
+                found.setdefault(keys[position][1], None)
+                position += 1
+        start = 0
+        while len(found) < limit:
+            hit = self.text.find(q, start)
+            if hit < 0:
+                break
+            index = int(np.searchsorted(self.starts, hit, side="right")) - 1
+            found.setdefault(index, None)
+            start = int(self.starts[index + 1])  # one hit per title: go on from the next one
+        return [{"item_id": self.item_ids[i], "title": self.titles[i]} for i in list(found)[:limit]]
+
+
+def normalize(text: str) -> str:
+    """Lower case (casefold) with every run of whitespace as one space: the form both sides match in."""
+    return " ".join(text.casefold().split())
