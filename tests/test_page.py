@@ -22,7 +22,7 @@ from conftest import shared_data
 from genrec.config import ServeConfig
 from genrec.config_loader import load_config
 from genrec.serve.recommender import CatalogSearch, normalize
-from test_serve import MAX_CV_CHARS, MAX_HISTORY, MAX_K, free_port, make_job_models, make_recommender
+from test_serve import MAX_CV_CHARS, MAX_HISTORY, MAX_K, make_job_models, make_recommender, serve_overrides
 
 WAIT_S = 180  # a beam search or a generation on a loaded 2-CPU machine can take a while
 
@@ -36,17 +36,7 @@ def app(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("page")
     catalog = make_recommender(root)
     make_job_models(root)
-    cfg = load_config(ServeConfig, None, [
-        f"port={free_port()}", "blocking=false",
-        f"recommender.checkpoint_dir={root / 'rec'}", f"recommender.data_dir={root / 'prepared'}",
-        f"recommender.max_k={MAX_K}", f"recommender.max_history={MAX_HISTORY}", "recommender.num_beams=10",
-        "recommender.num_cpus=0.25",
-        f"generator.checkpoint_dir={root / 'gen'}", "generator.max_new_tokens=12", "generator.num_cpus=0.25",
-        f"generator.max_cv_chars={MAX_CV_CHARS}", "generator.long_text=reject",
-        f"matcher.reward_dir={root / 'reward'}", f"matcher.generator_dir={root / 'gen'}",
-        f"matcher.jds_path={root / 'jobs' / 'jds.parquet'}", "matcher.embedder=tfidf", "matcher.num_cpus=0.25",
-        f"matcher.max_k={MAX_K}",
-    ])
+    cfg = load_config(ServeConfig, None, serve_overrides(root))
     url = start_serve(cfg)
     with httpx.Client(base_url=url, timeout=WAIT_S) as client:
         yield {"url": url, "client": client, "root": root, **catalog}

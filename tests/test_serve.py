@@ -52,6 +52,22 @@ def make_job_models(root: Path) -> None:
     save_reward(root / "reward", reward, reward_tokenizer, {"backbone": "tiny", "max_len": 256, "metrics": {"auc": 0.5}})
 
 
+def serve_overrides(root) -> list[str]:
+    """The Serve config of a test app over the models make_recommender and make_job_models wrote in
+    `root`: every deployment, small and on a quarter CPU each, on a free loopback port."""
+    return [
+        f"port={free_port()}", "blocking=false",
+        f"recommender.checkpoint_dir={root / 'rec'}", f"recommender.data_dir={root / 'prepared'}",
+        f"recommender.max_k={MAX_K}", f"recommender.max_history={MAX_HISTORY}", "recommender.num_beams=10",
+        "recommender.num_cpus=0.25",
+        f"generator.checkpoint_dir={root / 'gen'}", "generator.max_new_tokens=12", "generator.num_cpus=0.25",
+        f"generator.max_cv_chars={MAX_CV_CHARS}", "generator.long_text=reject",
+        f"matcher.reward_dir={root / 'reward'}", f"matcher.generator_dir={root / 'gen'}",
+        f"matcher.jds_path={root / 'jobs' / 'jds.parquet'}", "matcher.embedder=tfidf", "matcher.num_cpus=0.25",
+        f"matcher.max_k={MAX_K}",
+    ]
+
+
 @pytest.fixture(scope="module")
 def app(ray_session, tmp_path_factory):
     from ray import serve
@@ -61,16 +77,9 @@ def app(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     catalog = make_recommender(root)
     make_job_models(root)
-    cfg = load_config(ServeConfig, None, [
-        f"port={free_port()}", "blocking=false",
-        f"recommender.checkpoint_dir={root / 'rec'}", f"recommender.data_dir={root / 'prepared'}",
-        f"recommender.max_k={MAX_K}", f"recommender.max_history={MAX_HISTORY}", "recommender.num_beams=10",
-        "recommender.num_cpus=0.25", "recommender.max_batch_size=8", "recommender.batch_wait_timeout_s=0.02",
-        f"generator.checkpoint_dir={root / 'gen'}", "generator.max_new_tokens=12", "generator.num_cpus=0.25",
-        f"generator.max_cv_chars={MAX_CV_CHARS}", "generator.long_text=reject",
-        f"matcher.reward_dir={root / 'reward'}", f"matcher.generator_dir={root / 'gen'}",
-        f"matcher.jds_path={root / 'jobs' / 'jds.parquet'}", "matcher.embedder=tfidf", "matcher.num_cpus=0.25",
-        f"matcher.max_cv_chars={MAX_CV_CHARS}", "matcher.long_text=truncate", f"matcher.max_k={MAX_K}",
+    cfg = load_config(ServeConfig, None, serve_overrides(root) + [
+        "recommender.max_batch_size=8", "recommender.batch_wait_timeout_s=0.02",
+        f"matcher.max_cv_chars={MAX_CV_CHARS}", "matcher.long_text=truncate",
     ])
     url = start_serve(cfg)
     with httpx.Client(base_url=url, timeout=120) as client:
