@@ -8,7 +8,8 @@ workers, and weight sync of the full state against the LoRA adapter alone.
 Generation: the `tiny` SFT preset's shape (Llama-style, hidden 128, 4 layers, 4096 tokens), random
 init, 32 prompts of 48-80 tokens, 64 new tokens, no EOS (every method runs to the full length), best
 of `--repeats` alternating runs of RolloutGenerator with its compiled CPU decode step (the default),
-with the eager step (`compile_cpu=False`), and transformers' `generate`. The compiled step's first
+with the eager step (`compile_cpu=False`), transformers' `generate` (dynamic cache), and `generate`
+at its documented best: a static cache and a torch.compile'd forward. The compiled step's first
 call includes compiling it, in a fresh inductor cache unless `--warm-compile-cache`. The loop: the
 toy task of genrec/rl/toy.py (a word-level policy of the same depth and width), its phases from
 metrics.jsonl (median over iterations after the first). The GPU counterpart of the generation part is
@@ -17,6 +18,7 @@ bench/gpu_ppo_rollout.sh; its bench/results/ppo_rollout_gpu.json is rendered as 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -43,14 +45,20 @@ def bench_generation(repeats: int, prompts_n: int, new_tokens: int, prompt_len: 
     compiled = RolloutGenerator(model, pad_id=0, eos_id=None)  # compile_cpu=True, the default
     eager = RolloutGenerator(model, pad_id=0, eos_id=None, compile_cpu=False)
 
-    def theirs():
+    # transformers' own fast path, as its docs give it: a static KV cache and a torch.compile'd forward
+    # (generate compiles by itself only on accelerators), on a copy of the same weights.
+    static = copy.deepcopy(model)
+    static.forward = torch.compile(static.forward, dynamic=False)
+
+    def theirs(on=model, **options):
         with torch.no_grad():
-            return model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
-                                  top_p=1.0, max_new_tokens=new_tokens, pad_token_id=0)
+            return on.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                               top_p=1.0, max_new_tokens=new_tokens, pad_token_id=0, **options)
 
     methods = {"genrec_compiled": lambda: compiled.generate(prompts, max_new_tokens=new_tokens, seed=0),
                "genrec_eager": lambda: eager.generate(prompts, max_new_tokens=new_tokens, seed=0),
-               "transformers_generate": theirs}
+               "transformers_generate": theirs,
+               "transformers_generate_static": lambda: theirs(static, cache_implementation="static")}
     with Stopwatch() as first:
         rollout = methods["genrec_compiled"]()  # compiles the decode step for this batch size
     first_call = {"wall_s": round(first.wall_s, 2), "cpu_s": round(first.cpu_s, 2)}
@@ -58,6 +66,9 @@ def bench_generation(repeats: int, prompts_n: int, new_tokens: int, prompt_len: 
         raise RuntimeError("the compiled decode step fell back to the eager one (see the warning above)")
     eager_rollout = methods["genrec_eager"]()
     theirs()  # warm-up
+    with Stopwatch() as first:
+        methods["transformers_generate_static"]()  # compiles its forward for these shapes
+    static_first_call = {"wall_s": round(first.wall_s, 2), "cpu_s": round(first.cpu_s, 2)}
     # Wall time and this process's CPU time: on a shared machine wall time includes waiting for a
     # core; with one torch thread the CPU time is the work itself, so its ratio is the steadier one.
     times = {name: [] for name in methods}
@@ -74,7 +85,7 @@ def bench_generation(repeats: int, prompts_n: int, new_tokens: int, prompt_len: 
            "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg(),
            # the first call of the compiled generator, compile included; CPU time is this process's
            # only (inductor compiles C++ in worker processes)
-           "compiled_first_call": first_call,
+           "compiled_first_call": first_call, "static_first_call": static_first_call,
            "logp_max_abs_diff_vs_forward": {"genrec_compiled": _logp_gap(model, prompts, rollout),
                                             "genrec_eager": _logp_gap(model, prompts, eager_rollout)}}
     for name in methods:
@@ -82,9 +93,11 @@ def bench_generation(repeats: int, prompts_n: int, new_tokens: int, prompt_len: 
                      "best_wall_s": round(min(times[name]), 4), "best_cpu_s": round(min(cpu[name]), 4),
                      "tokens_per_s_wall": round(tokens / min(times[name]), 1),
                      "tokens_per_cpu_s": round(tokens / min(cpu[name]), 1)}
-    for name in ("genrec_compiled", "genrec_eager"):
+    for name in ("genrec_compiled", "genrec_eager", "transformers_generate_static"):
         out[name]["speedup_wall"] = round(min(times["transformers_generate"]) / min(times[name]), 2)
         out[name]["speedup_cpu"] = round(min(cpu["transformers_generate"]) / min(cpu[name]), 2)
+    for name in ("genrec_compiled", "genrec_eager"):  # against the peer at its best
+        out[name]["speedup_cpu_vs_static"] = round(min(cpu["transformers_generate_static"]) / min(cpu[name]), 2)
     return out
 
 
@@ -155,12 +168,16 @@ def render_markdown(result: dict) -> str:
     for part in parts:
         shape = f"{part['prompts']} x {part['new_tokens']} ({part['prompt_len'][0]}-{part['prompt_len'][1]})"
         for label, k in (("genrec, compiled step", "genrec_compiled"), ("genrec, eager step", "genrec_eager"),
-                         ("transformers generate", "transformers_generate")):
+                         ("transformers generate", "transformers_generate"),
+                         ("transformers generate, static cache + compiled forward", "transformers_generate_static")):
+            if k not in part:  # (a run from before the static-cache peer)
+                continue
             rows.append([shape, label, part[k]["best_wall_s"], part[k]["tokens_per_s_wall"], part[k]["best_cpu_s"],
                          part[k]["tokens_per_cpu_s"], part[k].get("speedup_cpu", ""),
-                         _sci(part["logp_max_abs_diff_vs_forward"].get(k))])
+                         part[k].get("speedup_cpu_vs_static", ""), _sci(part["logp_max_abs_diff_vs_forward"].get(k))])
     lines += table(["prompts x new tokens (prompt length)", "method", "best wall s", "tokens/s (wall)", "best CPU s",
-                    "tokens per CPU s", "speed-up (CPU)", "logp diff"], rows, "llrrrrrr")
+                    "tokens per CPU s", "speed-up vs generate (CPU)", "vs static + compiled (CPU)", "logp diff"],
+                   rows, "llrrrrrrr")
     cache = ("a fresh inductor cache for the 32-prompt run, which the 8-prompt one then shares"
              if result.get("cold_compile_cache", True) else "the existing inductor cache")
     lines += ["", "Compiling the decode step (the compiled generator's first call, compile included; CPU time of "
@@ -168,6 +185,11 @@ def render_markdown(result: dict) -> str:
               "; ".join(f"{p['prompts']} prompts: {p['compiled_first_call']['wall_s']} s wall, "
                         f"{p['compiled_first_call']['cpu_s']} s CPU" for p in parts) + ". It is paid once per process "
               "and batch size; the cache length is a dynamic dimension of the graph."]
+    if all("static_first_call" in p for p in parts):
+        lines += ["", "transformers' static cache + compiled forward (`cache_implementation=\"static\"`, "
+                  "`torch.compile(model.forward, dynamic=False)` on a copy of the weights; generate compiles on its own "
+                  "only on accelerators): its first call, compile included: " +
+                  "; ".join(f"{p['prompts']} prompts: {p['static_first_call']['wall_s']} s wall" for p in parts) + "."]
     lines += [
         "", "Load average during the runs: " + ", ".join(f"{x:.2f}" for x in g["load_average"]) + ".", "",
         "## PPO iteration by phase (toy task, median over iterations 2..N)", "",

@@ -26,6 +26,7 @@ ORDER = {
     "decode_speed": "decode_speed.py",
     "ppo_throughput": "ppo_throughput.py",
     "serve_load": "serve_load.py",
+    "serve_faults": "serve_faults.py",
     "worker_cpus": "worker_cpus.py",
     "quality_toys": "quality.py",
     "quality_ml100k": "quality.py",

@@ -174,6 +174,19 @@ class PrepareJobsConfig(Config):
 
 
 @dataclasses.dataclass
+class TfidfPairs(Config):
+    """backbone=tfidf: the features of the linear pair model (genrec/girl/tfidf_reward.py)."""
+
+    ngram_max: int = field(2, "longest word n-gram of the TF-IDF vocabulary (2: 'senior engineer' is one feature)",
+                           ge=1, le=3)
+    jd_words: bool = field(True, "a weight per JD word: words only a JD has (remote, benefits) can count; without "
+                           "them such words only dilute the shared ones, and RL learns to drop them")
+    word_pairs: bool = field(True, "a weight per (CV word, JD word) pair, hashed: 'lead' in the CV against 'junior' "
+                             "in the JD can cost")
+    C: float = field(0.3, "inverse L2 regularisation of the logistic regression", gt=0)
+
+
+@dataclasses.dataclass
 class RewardConfig(Config):
     """Reward model on preference rows: a scalar head on a backbone, pairwise loss, Ray Train."""
 
@@ -189,6 +202,7 @@ class RewardConfig(Config):
                           "word-overlap pair model fitted in seconds in the driver: genrec/girl/tfidf_reward.py)")
     pooling: Literal["auto", "mean", "last"] = field("auto", "auto: mean for encoders, last real token for decoders")
     tiny: TinyModel = sub(TinyModel, "backbone=tiny: its size", layers=2)
+    tfidf: TfidfPairs = sub(TfidfPairs, "backbone=tfidf: its features")
     max_len: int = field(256, "tokens of the (CV, JD) pair; the longer side loses tokens first", ge=1)
     batch_size: int = field(32, "preference rows per optimizer step on each worker", ge=1)
     lr: float = field(3e-4, "peak learning rate (about 5e-5 suits a pretrained backbone such as minilm)")
@@ -226,6 +240,8 @@ class EvaluateJobsConfig(Config):
     max_cvs: int = field(200, "held-out CVs evaluated, by id (0 = all); reward_only scores each with every JD", ge=0)
     max_new_tokens: int = field(160, "longest generated JD in tokens", ge=1)
     batch_size: int = field(16, "CVs per generation batch", ge=1)
+    num_actors: int = field(1, "Ray Data actors that generate the JDs, each with a copy of the generator", ge=1)
+    cpus_per_actor: float = field(1.0, "CPUs each generating actor reserves", gt=0)
     seed: int = field(0, "seed for the random-JD reference of the true-fit report")
 
     def validate(self) -> None:
@@ -456,7 +472,13 @@ class PPOConfig(Config):
     reward_path: str = field("runs/reward/final", "reward=learned: reward checkpoint folder")
     reward_word: str = field("yes", "reward=count: the word whose occurrences in the response are the reward")
     iterations: int = field(20, "PPO iterations (rollout + update) to run in total", ge=1)
-    rollout_batch_size: int = field(32, "prompts sampled per iteration (one response each), split over workers", ge=1)
+    rollout_batch_size: int = field(32, "prompts sampled per iteration, each answered samples_per_prompt times; "
+                                    "the responses are split over the workers", ge=1)
+    samples_per_prompt: int = field(1, "responses sampled per prompt in an iteration (grpo and rloo compare them)", ge=1)
+    advantage: Literal["gae", "grpo", "rloo"] = field(
+        "gae", "gae: PPO with a value head (GAE over per-token rewards); grpo: each response's reward minus its "
+        "prompt group's mean, over the group's std; rloo: minus the mean of the group's other responses. grpo "
+        "and rloo need samples_per_prompt >= 2, train no value head, and put -beta * KL (init_kl_coef, kl_controller) in the sequence reward")
     max_new_tokens: int = field(64, "longest response in tokens; a response that reaches it has no EOS", ge=1)
     temperature: float = field(1.0, "sampling temperature; the learner's log-probs use the same temperature", gt=0)
     top_p: float = field(1.0, "nucleus sampling: keep the smallest token set with this much probability (1 = off)", gt=0, le=1)
@@ -496,7 +518,10 @@ class PPOConfig(Config):
     worker_cpus: float = field(1.0, "CPUs reserved by each rollout worker, the reference and the scorer")
     learner_cpus: float = field(1.0, "CPUs reserved by the learner")
     torch_threads: int = field(0, "torch threads per actor (0 = torch's default)")
-    use_gpu: bool = field(False, "one GPU each for the learner and every rollout worker (bf16)")
+    use_gpu: bool = field(False, "one GPU each for the learner and every rollout worker (bf16); the reference and "
+                          "the reward scorer get support_gpus each")
+    support_gpus: float = field(0.5, "use_gpu: the share of a GPU the reference and the reward scorer each ask Ray "
+                                "for (0.5: the two share one GPU; 0: both stay on CPUs)", ge=0, le=1)
     max_restarts: int = field(3, "times Ray restarts a dead actor")
     rollout_retries: int = field(3, "times one iteration's rollouts are retried after a worker died")
     cuda_graph: bool = field(True, "GPU rollouts: replay each decode step as a CUDA graph (static KV cache)")
@@ -504,8 +529,12 @@ class PPOConfig(Config):
                               "generate on 2 CPUs; compiling takes 5-20 s once per worker and batch size)")
 
     def validate(self) -> None:
-        if self.rollout_batch_size < self.num_rollout_workers:
-            raise ConfigError(f"rollout_batch_size: must be at least num_rollout_workers={self.num_rollout_workers}")
+        if self.rollout_batch_size * self.samples_per_prompt < self.num_rollout_workers:
+            raise ConfigError(f"rollout_batch_size: times samples_per_prompt must be at least "
+                              f"num_rollout_workers={self.num_rollout_workers}")
+        if self.advantage != "gae" and self.samples_per_prompt < 2:
+            raise ConfigError(f"samples_per_prompt: advantage={self.advantage} compares the responses to one prompt, "
+                              f"so it needs at least 2, got {self.samples_per_prompt}")
 
 
 # ----------------------------------------------------------------------------------------- Serve
@@ -588,6 +617,12 @@ class ServeConfig(Config):
     route_prefix: str = field("/", "URL prefix of the application")
     blocking: bool = field(True, "stay in the foreground until Ctrl-C (false: deploy, print the URL and return)")
     ingress_max_ongoing_requests: int = field(256, "requests the FastAPI ingress replica holds at once")
+    max_body_bytes: int = field(1_000_000, "a request body larger than this gets 413 before it is read or parsed",
+                                ge=1)
+    request_timeout_s: float = field(60.0, "a request that has no answer after this long gets 504; its model "
+                                     "call is cancelled", gt=0)
+    expose_paths: bool = field(False, "/v1/models shows the checkpoints' absolute paths (false: their last two "
+                               "path parts, so the server's file layout stays private)")
     recommender: RecommenderServeConfig = sub(RecommenderServeConfig, "the Recommender deployment")
     generator: GeneratorServeConfig = sub(GeneratorServeConfig, "the JobGenerator deployment (optional)")
     matcher: MatcherServeConfig = sub(MatcherServeConfig, "the JobMatcher deployment (optional)")

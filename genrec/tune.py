@@ -93,9 +93,14 @@ def fit_ppo(cfg: PPOConfig, callbacks: list) -> dict:
 def ppo_bundles(cfg: PPOConfig) -> list[dict]:
     """One placement-group bundle per PPO actor (learners, reference, reward scorer, rollout workers):
     the actors a trial starts land in its placement group, so the trial reserves them up front."""
-    gpu = {"GPU": 1} if cfg.use_gpu else {}
-    return ([{"CPU": cfg.learner_cpus, **gpu}] * cfg.num_learners + [{"CPU": cfg.worker_cpus}, {"CPU": cfg.worker_cpus}]
-            + [{"CPU": cfg.worker_cpus, **gpu}] * cfg.num_rollout_workers)
+    from genrec.rl.actors import resources
+
+    def bundle(role: str) -> dict:
+        need = resources(cfg)[role]
+        return {"CPU": need["num_cpus"], **({"GPU": need["num_gpus"]} if need["num_gpus"] else {})}
+
+    return ([bundle("learner")] * cfg.num_learners + [bundle("reference"), bundle("scorer")]
+            + [bundle("rollout")] * cfg.num_rollout_workers)
 
 
 def ppo_resources(cfg: PPOConfig) -> dict:

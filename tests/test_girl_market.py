@@ -4,8 +4,8 @@
   the true fit, and a rerun resumes instead of training again;
 - the CV->JD generator is plain `train-sft` on prepare-jobs' SFT rows: its validation loss falls and
   its JDs fit held-out CVs better than real JDs drawn at random;
-- PPO from that generator against that reward model raises the learned reward on held-out CVs PPO
-  never trains on, without gaming it: JD length and the hidden true fit hold.
+- GRPO from that generator against a TF-IDF pair reward model raises the learned reward and the
+  hidden true fit on held-out CVs it never trains on, and the JDs keep their length.
 
 One market, one reward model and one generator for the module (about two minutes of training).
 """
@@ -110,30 +110,46 @@ def test_generator_sft_lowers_validation_loss_and_its_jds_fit_better_than_random
     assert roles > 0.6, texts[:5]
 
 
-def test_ppo_raises_the_learned_reward_and_the_true_fit_on_held_out_cvs(market, reward_model, generator):
-    """On CVs PPO never saw, the learned reward rises, the JDs keep their length and the hidden true
-    fit rises too (measured 0.601 -> 0.626; with the true fit itself as the reward the same budget
-    gives 0.649). Without truncated negatives the same run wrote JDs 43% shorter and lost 0.054 of
-    true fit; with the TF-IDF reward model the true fit fell to 0.578 (bench/results/ppo_market.md)."""
-    from genrec.rl.loop import EVAL_FILE, read_metrics, run_ppo
+def test_ray_data_actors_generate_what_the_generator_writes_in_process_in_cv_order(market, generator):
+    from genrec.girl.recommend import JDGenerator, generate_with_ray_data
 
-    out = market / "ppo"
+    cvs = [c["text"] for c in held_out_cvs(market, 12)]
+    in_process = JDGenerator(market / "gen" / "final", device="cpu", max_new_tokens=48).generate(cvs, batch_size=4)
+    assert len(set(in_process)) >= len(cvs) // 2  # most CVs get a JD of their own, so the order is checked
+    on_ray = generate_with_ray_data(market / "gen" / "final", cvs, num_actors=2, cpus_per_actor=0.5, batch_size=4,
+                                    max_new_tokens=48)
+    assert on_ray == in_process
+
+
+def test_grpo_with_the_tfidf_pair_reward_raises_the_true_fit_on_held_out_cvs(market, generator):
+    """On CVs RL never saw, the learned reward rises, the JDs keep their length within 20%, and the
+    hidden true fit rises clearly (measured 0.600 -> 0.665, JDs 62 -> 71 tokens): the TF-IDF pair
+    reward (JD words and CV x JD word pairs) ranks the generator's own JDs much as the true fit does
+    (bench/results/ppo_market.md), and GRPO compares 4 JDs per CV. With the shared-words TF-IDF model
+    40 iterations learned to drop "remote" and gained 0.02."""
+    from genrec.rl.loop import EVAL_FILE, read_metrics, run_ppo
+    from genrec.train.reward import train_reward
+
+    train_reward(RewardConfig(data_dir=str(market / "jobs"), out_dir=str(market / "rm_tfidf"), backbone="tfidf"))
+    out = market / "grpo"
     cfg = PPOConfig(policy_dir=str(market / "gen" / "final"), prompts_path=str(market / "jobs" / "cvs.parquet"),
                     truth_path=str(market / "jobs" / "synth" / "cvs.parquet"), prompt_split="train",
-                    reward="learned", reward_path=str(market / "rm" / "final"), out_dir=str(out), iterations=20,
-                    rollout_batch_size=48, max_new_tokens=96, num_rollout_workers=1, lr=1e-4, init_kl_coef=0.05,
-                    score_norm=True, score_clip=5.0, eval_size=60, eval_split="test", eval_samples=2,
-                    worker_cpus=0.25, learner_cpus=0.5, torch_threads=1, save_every=100, seed=0)
+                    reward="learned", reward_path=str(market / "rm_tfidf" / "final"), out_dir=str(out),
+                    advantage="grpo", rollout_batch_size=12, samples_per_prompt=4, iterations=20, max_new_tokens=96,
+                    num_rollout_workers=1, lr=1e-4, init_kl_coef=0.05, score_norm=True, score_clip=5.0,
+                    eval_size=60, eval_split="test", eval_samples=2, worker_cpus=0.25, learner_cpus=0.5,
+                    torch_threads=1, save_every=100, seed=0)
     result = run_ppo(cfg)
     evals = read_metrics(out, EVAL_FILE)
     assert [e["iteration"] for e in evals] == [0, 20] and result["eval"] == evals
     before, after = evals
-    assert before["responses"] == after["responses"] >= 80  # every held-out CV (~50), twice
+    assert before["responses"] == after["responses"] >= 80  # every held-out CV (~44), twice
     assert after["reward_mean"] > before["reward_mean"] + 0.2, evals
-    assert after["response_length"] > 0.8 * before["response_length"], evals
-    assert after["true_fit"] > before["true_fit"] + 0.01, evals
+    assert 0.8 * before["response_length"] < after["response_length"] < 1.2 * before["response_length"], evals
+    assert after["true_fit"] > before["true_fit"] + 0.04, evals
     rows = read_metrics(out)
-    assert len(rows) == 20 and "eval/true_fit" in rows[0] and "eval/true_fit" not in rows[1]
+    assert len(rows) == 20 and all(r["responses"] == 48 for r in rows)
+    assert "eval/true_fit" in rows[0] and "eval/true_fit" not in rows[1]
 
 
 def test_ppo_on_the_true_fit_scores_held_out_cvs_of_another_split(market, generator):

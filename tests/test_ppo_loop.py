@@ -109,6 +109,22 @@ def test_one_step_off_policy_samples_with_the_weights_before_the_last_update_and
     assert max(r["kl"] for r in rows) < 8.0, [r["kl"] for r in rows]
 
 
+@pytest.mark.parametrize("advantage", ["grpo", "rloo"])
+def test_critic_free_advantages_learn_the_toy_task_from_groups_of_responses(toy, advantage):
+    from genrec.rl.loop import run_ppo
+
+    out = toy["root"] / advantage
+    run_ppo(_config(toy["task"], out, advantage=advantage, rollout_batch_size=8, samples_per_prompt=4))
+    rows = _metrics(out)
+    assert all(r["responses"] == 32 for r in rows)
+    first, last = rows[0]["reward_mean"], sum(r["reward_mean"] for r in rows[-3:]) / 3
+    assert last > first + 2.0, [r["reward_mean"] for r in rows]
+    assert max(r["kl"] for r in rows) < 8.0, [r["kl"] for r in rows]
+    assert all(r["loss/value"] == 0.0 for r in rows)  # no critic is trained: its bias keeps its initial 0
+    state = torch.load(out / "final" / STATE_FILE, weights_only=False)
+    assert torch.equal(state["value_head"]["bias"], torch.zeros(1))
+
+
 def test_two_learners_in_a_process_group_take_the_steps_of_one(toy):
     """Each learner updates on its half of every minibatch and the gradients are summed (gloo): the
     run must equal the one-learner run, and both learners must end with the same weights."""
@@ -156,3 +172,46 @@ def test_prompt_set_joins_the_hidden_truth_by_cv_id_and_names_bad_rows(tmp_path)
         PromptSet(PPOConfig(**base, truth_path=str(tmp_path / "partial.parquet")), word_tokenizer())
     with pytest.raises(ValueError, match="row 0: the prompt has 3 tokens"):
         PromptSet(PPOConfig(**base, max_prompt_tokens=2), word_tokenizer())
+
+
+def test_with_use_gpu_the_reference_and_the_scorer_share_a_gpu_and_a_tune_trial_reserves_it():
+    from genrec.rl.actors import resources
+    from genrec.tune import ppo_bundles, ppo_resources
+
+    cpu = resources(PPOConfig(num_rollout_workers=2))
+    assert {role: need["num_gpus"] for role, need in cpu.items()} == dict.fromkeys(cpu, 0)
+    gpu = resources(PPOConfig(use_gpu=True, num_rollout_workers=2, worker_cpus=0.5))
+    assert gpu["learner"]["num_gpus"] == gpu["rollout"]["num_gpus"] == 1
+    assert gpu["reference"]["num_gpus"] == gpu["scorer"]["num_gpus"] == 0.5 and gpu["scorer"]["num_cpus"] == 0.5
+    on_cpus = resources(PPOConfig(use_gpu=True, support_gpus=0))
+    assert on_cpus["reference"]["num_gpus"] == on_cpus["scorer"]["num_gpus"] == 0 and on_cpus["learner"]["num_gpus"] == 1
+    # learner + reference + scorer + 2 rollout workers: 1 + 0.5 + 0.5 + 2 GPUs, one bundle each
+    cfg = PPOConfig(use_gpu=True, num_rollout_workers=2)
+    assert [b.get("GPU", 0) for b in ppo_bundles(cfg)] == [1, 0.5, 0.5, 1, 1]
+    assert ppo_resources(cfg)["GPU"] == 4
+
+
+def test_lora_policy_syncs_only_its_adapter_and_the_worker_then_samples_what_the_learner_would(tmp_path):
+    from genrec.config import Lora
+    from genrec.rl.policy import is_adapter, load_policy, load_sync_weights, sync_weights
+
+    task = make_toy_task(tmp_path / "task")
+    cfg = PPOConfig(**task, out_dir=str(tmp_path / "out"), lora=Lora(enabled=True, r=4, alpha=8))
+    learner, _ = load_policy(cfg, trainable=True, device=torch.device("cpu"))
+    worker, _ = load_policy(cfg, trainable=False, device=torch.device("cpu"))
+    assert is_adapter(learner) and is_adapter(worker)
+    learner.eval(), worker.eval()  # no LoRA dropout in the comparison
+    with torch.no_grad():  # a training step's worth of change, on the adapter only
+        for name, param in learner.named_parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.5)
+    weights = sync_weights(learner)
+    assert weights and all("lora_" in name for name in weights)
+    assert sum(t.numel() for t in weights.values()) < 0.2 * sum(t.numel() for t in learner.state_dict().values())
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    before = worker(input_ids=ids).logits
+    assert not torch.allclose(before, learner(input_ids=ids).logits, atol=1e-4)
+    load_sync_weights(worker, weights)
+    assert torch.allclose(worker(input_ids=ids).logits, learner(input_ids=ids).logits, atol=1e-5)
+    with pytest.raises(KeyError, match="adapter tensors"):
+        load_sync_weights(worker, {"base_model.model.lora_nowhere.weight": torch.zeros(1)})

@@ -150,6 +150,27 @@ def test_per_token_rewards_put_the_score_on_the_last_token():
     assert torch.allclose(kl, (logp - ref) * mask)
 
 
+def test_group_advantages_compare_each_response_with_its_own_prompts_group():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 6.0, 5.0, 5.0, 5.0, 5.0, 0.0, 0.0, 4.0, 8.0])
+    for method in ("grpo", "rloo"):
+        adv = ppo.group_advantages(rewards, 4, method).view(3, 4)
+        expected = torch.zeros(3, 4)
+        for g, group in enumerate(rewards.view(3, 4).tolist()):
+            for i, r in enumerate(group):
+                others = [x for j, x in enumerate(group) if j != i]
+                if method == "rloo":
+                    expected[g, i] = r - sum(others) / len(others)
+                else:
+                    expected[g, i] = (r - np.mean(group)) / (np.std(group) + 1e-6)
+        assert torch.allclose(adv, expected, atol=1e-5), method
+        assert torch.allclose(adv.sum(1), torch.zeros(3), atol=1e-5)  # a baseline per prompt: zero-sum groups
+    assert torch.equal(ppo.group_advantages(rewards, 4, "grpo")[4:8], torch.zeros(4))  # all equal: no signal
+    with pytest.raises(ValueError, match="groups of 5"):
+        ppo.group_advantages(rewards, 5, "grpo")
+    with pytest.raises(ValueError, match="at least 2"):
+        ppo.group_advantages(rewards, 1, "rloo")
+
+
 def test_whiten_and_score_normalisation():
     x = torch.tensor([[1.0, 2.0, 3.0, 99.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])

@@ -63,6 +63,22 @@ def test_calibration_table_and_metrics():
     assert M.pairwise_accuracy([1.0], [1.0]) == 0.5
 
 
+def test_agreement_on_samples_ranks_each_cvs_own_samples():
+    fits = np.array([0.2, 0.5, 0.9, 0.1, 0.3, 0.6])
+    # agrees with the fit inside each CV, although CV 2's scores all sit far above CV 1's
+    agreeing = M.agreement_on_samples([1.0, 2.0, 3.0, 11.0, 12.0, 13.0], fits, 3)
+    assert agreeing["within_cv_spearman"] == pytest.approx(1.0)
+    assert agreeing["best_of_n_fit"] == pytest.approx((0.9 + 0.6) / 2) == agreeing["oracle_best_of_n_fit"]
+    assert agreeing["mean_fit"] == pytest.approx(fits.mean())
+    assert agreeing["between_cv_share"] > 0.9 and agreeing["spearman"] < 0.7
+    reversed_ = M.agreement_on_samples([3.0, 2.0, 1.0, 3.0, 2.0, 1.0], fits, 3)
+    assert reversed_["within_cv_spearman"] == pytest.approx(-1.0)
+    assert reversed_["best_of_n_fit"] == pytest.approx((0.2 + 0.1) / 2)
+    assert reversed_["between_cv_share"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="groups of 4"):
+        M.agreement_on_samples(fits, fits, 4)
+
+
 def test_tfidf_reward_fits_in_the_driver_and_loads_like_the_others(ray_session, tmp_path):
     import pandas as pd
 
@@ -84,3 +100,45 @@ def test_tfidf_reward_fits_in_the_driver_and_loads_like_the_others(ray_session, 
     assert scorer.score(["a CV"], [""]).shape == (1,)  # an empty JD scores, never an error
     with pytest.raises(ValueError, match="2 CVs but 1 JDs"):
         scorer.score(["a", "b"], ["c"])
+
+
+def _pair_rows(seed: int, n: int, jd_only: bool):
+    """Preference rows separable only by a word no CV has (jd_only: 'remote' in JD+) or only by which
+    JD word goes with which CV word (python CVs want django, accountant CVs want excel)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    fillers = ["alpha", "bravo", "charlie", "delta", "foxtrot", "golf", "hotel", "india"]
+    noise = lambda: " ".join(rng.choice(fillers, 3))  # noqa: E731
+    rows = []
+    for i in range(n):
+        python = i % 2 == 0
+        cv = ("python developer " if python else "accountant ledger ") + noise()
+        if jd_only:
+            pos, neg = f"{noise()} remote", noise()
+        else:
+            good, bad = ("django", "excel") if python else ("excel", "django")
+            pos, neg = f"{good} {noise()}", f"{bad} {noise()}"
+        rows.append(dict(cv_text=cv, pos_text=pos, neg_cv_text=cv, neg_text=neg))
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("jd_only", [True, False])
+def test_tfidf_pair_model_learns_what_shared_words_cannot_see(jd_only):
+    from genrec.girl.tfidf_reward import TfidfPairModel
+
+    train, test = _pair_rows(0, 300, jd_only), _pair_rows(1, 200, jd_only)
+
+    def accuracy(model):
+        model.fit(train)
+        return M.pairwise_accuracy(model.score(test["cv_text"], test["pos_text"]),
+                                   model.score(test["neg_cv_text"], test["neg_text"]))
+
+    shared_only = accuracy(TfidfPairModel())
+    with_jd_words = accuracy(TfidfPairModel(jd_words=True))
+    with_pairs = accuracy(TfidfPairModel(word_pairs=True, ngram_max=2))
+    assert shared_only < 0.7, shared_only  # neither signal is a word both texts share
+    if jd_only:
+        assert with_jd_words > 0.95, with_jd_words
+    else:  # django is good for half the CVs and bad for the others: only the pairs tell them apart
+        assert with_jd_words < 0.7 and with_pairs > 0.95, (with_jd_words, with_pairs)

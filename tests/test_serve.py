@@ -98,11 +98,12 @@ def test_healthz_and_models_name_the_loaded_checkpoints(app):
     assert health.json() == {"status": "ok", "deployed": {"recommender": True, "generator": True, "matcher": True}}
     models = app["client"].get("/v1/models").json()
     rec = models["recommender"]
-    assert rec["checkpoint"] == str((app["root"] / "rec").resolve())
+    last_two = lambda path: str(Path(*path.resolve().parts[-2:]))  # noqa: E731  (expose_paths is off)
+    assert rec["checkpoint"] == last_two(app["root"] / "rec") and not rec["catalog"].startswith("/")
     assert rec["catalog_items"] == len(app["ids"]) and rec["training_metrics"] == {"valid_loss": 4.25}
     assert {k: rec["batching"][k] for k in ("max_batch_size", "batch_wait_timeout_s")} == {
         "max_batch_size": 8, "batch_wait_timeout_s": 0.02}
-    assert models["generator"]["checkpoint"] == str((app["root"] / "gen").resolve())
+    assert models["generator"]["checkpoint"] == last_two(app["root"] / "gen")
     assert models["generator"]["training_metrics"] == {"valid_loss": 5.5}
     assert models["matcher"]["reward"]["metrics"] == {"auc": 0.5} and models["matcher"]["recommend"] is True
     paths = app["client"].get("/openapi.json").json()["paths"]
@@ -266,6 +267,13 @@ def test_concurrent_requests_all_succeed(app):
     assert batching["requests"] > batching["batches"]  # some requests did share a beam search
 
 
+def test_a_body_over_max_body_bytes_gets_413_through_serve(app):
+    huge = {"history": [app["ids"][0]] * 150_000}  # about 1.5 MB of JSON, over the 1 MB default
+    response = post(app, "/v1/recommend", huge)
+    assert response.status_code == 413 and "max_body_bytes" in response.json()["detail"]
+    assert post(app, "/v1/recommend", {"history": app["ids"][:2], "k": 3}).status_code == 200
+
+
 # ----------------------------------------------------- policies, configs (no second Serve app)
 def test_reject_and_popularity_policies(app):
     """long_history=reject -> 413 and empty_history=popular -> the most popular training items, through
@@ -334,3 +342,109 @@ def test_serve_run_builder_and_deployment_options():
     assert rec["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1}
     gen = deployment_options(cfg.generator)
     assert gen["num_replicas"] == 1 and "autoscaling_config" not in gen and gen["ray_actor_options"]["num_gpus"] == 0
+
+
+# ------------------------------------------------------------------ faults (last: they kill things)
+def serve_replica(deployment: str) -> tuple[str, str]:
+    """(name, namespace) of the one live replica actor of `deployment` in the genrec app."""
+    import ray
+
+    found = [(a["name"], a["namespace"]) for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith("SERVE_REPLICA::") and f"#{deployment}#" in a["name"]]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def wait_until(condition, timeout_s: float, what: str):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout_s} s")
+
+
+def test_killing_the_recommender_replica_under_load_gives_answers_or_503s_and_serve_replaces_it(app):
+    """Four clients keep asking while the only Recommender replica is killed: every request ends with
+    200 or 503 + Retry-After (none hangs: each client has a 60 s timeout), and Serve starts a new
+    replica that answers."""
+    import threading
+
+    import ray
+
+    name, namespace = serve_replica("Recommender")
+    stop, results = threading.Event(), []
+
+    def client_loop(offset):
+        with httpx.Client(base_url=app["url"], timeout=60) as client:
+            i = offset
+            while not stop.is_set():
+                response = client.post("/v1/recommend", json={"history": app["ids"][i % 20:i % 20 + 2], "k": 3})
+                results.append((response.status_code, response.headers.get("retry-after")))
+                i += 4
+
+    threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(results) >= 8, 60, "answers before the kill")
+    ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+    replaced = wait_until(lambda: serve_replica_or_none("Recommender", name), 120, "a new Recommender replica")
+    wait_until(lambda: post(app, "/v1/recommend", {"history": app["ids"][:2], "k": 3}).status_code == 200, 120,
+               "an answer from the new replica")
+    stop.set()
+    for t in threads:
+        t.join(timeout=90)
+    assert not any(t.is_alive() for t in threads), "a client hung"
+    statuses = [code for code, _ in results]
+    assert set(statuses) <= {200, 503}, statuses
+    assert all(retry == "1" for code, retry in results if code == 503)
+    assert statuses.count(200) > 8 and replaced != name
+
+
+def serve_replica_or_none(deployment: str, old_name: str):
+    try:
+        name, _ = serve_replica(deployment)
+    except AssertionError:
+        return None
+    return name if name != old_name else None
+
+
+def test_sigterm_shuts_serve_and_ray_down(app, tmp_path):
+    """`genrec serve` in its own process (its own local Ray): SIGTERM ends it with exit code 0, after
+    it has shut Serve and Ray down, and its port stops answering."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "genrec.cli", "serve", f"port={port}", "recommender.num_cpus=0.5",
+             f"recommender.checkpoint_dir={app['root'] / 'rec'}", f"recommender.data_dir={app['root'] / 'prepared'}"],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        if process.poll() is not None:
+            raise AssertionError(f"genrec serve exited with {process.returncode}: {log_path.read_text()[-3000:]}")
+        try:
+            return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(healthy, 240, "genrec serve answering /healthz")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 0, log_path.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "SIGTERM: shutting down Serve and Ray" in log_path.read_text()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{url}/healthz", timeout=5)

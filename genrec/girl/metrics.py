@@ -100,3 +100,32 @@ def plot_calibration(table: list[dict], path, title: str = "reward calibration")
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def agreement_on_samples(scores, fits, group_size: int) -> dict:
+    """How a reward ranks the generator's own JDs against the hidden true fit: the check that matters
+    for RL, which compares responses to the same CV (pairwise accuracy on recruiter pairs does not).
+
+    scores, fits: one per sampled JD, each CV's `group_size` samples next to each other.
+    within_cv_spearman: Spearman correlation inside each CV's group, averaged over the groups where
+    both vary; spearman: over all samples; best_of_n_fit: mean true fit of the sample the reward
+    ranks first in each group, beside mean_fit (a random pick) and oracle_best_of_n_fit (the best
+    sample's); between_cv_share: the share of the score variance that lies between CVs' means (what
+    a value head must learn before a single sample per CV says anything).
+    """
+    from scipy.stats import spearmanr
+
+    scores, fits = np.asarray(scores, np.float64), np.asarray(fits, np.float64)
+    if scores.shape != fits.shape or scores.size % group_size:
+        raise ValueError(f"{scores.size} scores and {fits.size} fits do not split into groups of {group_size}")
+    s, f = scores.reshape(-1, group_size), fits.reshape(-1, group_size)
+    within = [spearmanr(a, b).statistic for a, b in zip(s, f) if np.ptp(a) > 0 and np.ptp(b) > 0]
+    return {
+        "groups": int(len(s)),
+        "within_cv_spearman": float(np.mean(within)) if within else float("nan"),
+        "spearman": float(spearmanr(scores, fits).statistic),
+        "best_of_n_fit": float(f[np.arange(len(s)), s.argmax(1)].mean()),
+        "mean_fit": float(f.mean()),
+        "oracle_best_of_n_fit": float(f.max(1).mean()),
+        "between_cv_share": float(s.mean(1).var() / scores.var()) if scores.var() > 0 else float("nan"),
+    }

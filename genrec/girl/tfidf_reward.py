@@ -1,11 +1,16 @@
 """A TF-IDF pair model as a reward model (RewardConfig.backbone: tfidf): seconds to fit on a CPU.
 
-r(cv, jd) = w · [tfidf(cv) ⊙ tfidf(jd), cos(cv, jd)]: one weight per word for "this word is in both
-texts", fitted with the pairwise objective of the neural reward models (logistic regression on
-φ(cv, jd+) − φ(cv, jd−), both orders). It can only reward words the JD shares with the CV, which
-makes it hard to game with text that is not about the CV. On the synthetic market it ranks pairs
-better and follows the hidden true fit more closely than the tiny LM reward model at CPU budgets
-(bench/results/reward_quality.md). Text without spaces (Chinese) is read as character 1-2-grams.
+r(cv, jd) = w · φ(cv, jd), fitted with the pairwise objective of the neural reward models (logistic
+regression on φ(cv, jd+) − φ(cv, jd−), both orders), where φ joins
+  shared     tfidf(cv) ⊙ tfidf(jd) and their cosine: one weight per word (or word bigram) "in both texts";
+  jd_words   tfidf(jd): one weight per word of the JD alone. Without it a word no CV has ("remote")
+             can only dilute the JD's normalised vector, so RL against the model learns to drop it;
+  word_pairs one weight per (CV word, JD word) pair, hashed into 2^18 slots and L2-normalised: the
+             model can learn that "lead" in a CV and "junior" in a JD go badly together.
+The shared part alone cannot be gamed with text that is not about the CV; the other two let the
+model see what the shared words cannot (on the synthetic market: remote work and seniority,
+bench/results/ppo_market.md). Text without spaces (Chinese) is read as character 1-2-grams, and its
+pairs are pairs of characters.
 
 Same scorer interface as genrec.girl.reward.RewardScorer (`score`, `info`, `meta`), so PPO, job
 recommendation and Serve load it through `load_reward` unchanged.
@@ -22,23 +27,50 @@ from genrec.girl import prompts
 from genrec.girl.reward_checkpoint import write_meta
 
 MODEL_FILE = "tfidf_pair_model.pkl"
+PAIR_SLOTS = 2**18
+
+
+def _as_is(tokens):
+    """The hashing vectorizer's analyzer: the pair tokens are made already (a module function pickles)."""
+    return tokens
 
 
 class TfidfPairModel:
-    def __init__(self, chinese: bool = False, C: float = 10.0):
-        from sklearn.feature_extraction.text import TfidfVectorizer
+    def __init__(self, chinese: bool = False, C: float = 10.0, ngram_max: int = 1, jd_words: bool = False,
+                 word_pairs: bool = False):
+        from sklearn.feature_extraction.text import HashingVectorizer, TfidfVectorizer
 
         self.vectorizer = (TfidfVectorizer(analyzer="char", ngram_range=(1, 2), sublinear_tf=True, min_df=2) if chinese
-                           else TfidfVectorizer(sublinear_tf=True, min_df=2, stop_words="english"))
-        self.C = C
+                           else TfidfVectorizer(sublinear_tf=True, min_df=2, stop_words="english",
+                                                ngram_range=(1, ngram_max)))
+        self.C, self.jd_words, self.word_pairs = C, jd_words, word_pairs
+        self.pair_hasher = HashingVectorizer(n_features=PAIR_SLOTS, analyzer=_as_is, alternate_sign=False, norm="l2")
         self.weights: np.ndarray | None = None
 
     def features(self, cvs, jds):
         import scipy.sparse as sp
 
-        a, b = self.vectorizer.transform(list(cvs)), self.vectorizer.transform(list(jds))
+        cvs, jds = list(cvs), list(jds)
+        a, b = self.vectorizer.transform(cvs), self.vectorizer.transform(jds)
         product = a.multiply(b).tocsr()
-        return sp.hstack([product, sp.csr_matrix(np.asarray(product.sum(1)))]).tocsr()
+        parts = [product, sp.csr_matrix(np.asarray(product.sum(1)))]
+        if getattr(self, "jd_words", False):  # (absent from models pickled before the option)
+            parts.append(b)
+        if getattr(self, "word_pairs", False):
+            parts.append(self.pair_hasher.transform([self._pairs(cv, jd) for cv, jd in zip(cvs, jds)]))
+        return sp.hstack(parts).tocsr()
+
+    def _pairs(self, cv: str, jd: str) -> list[str]:
+        cv_words, jd_words = self._unigrams(cv), self._unigrams(jd)
+        return [f"{c}|{j}" for c in cv_words for j in jd_words]
+
+    def _unigrams(self, text: str) -> set[str]:
+        """The text's single words (characters for Chinese) that are in the TF-IDF vocabulary."""
+        if not hasattr(self, "_analyzer"):
+            self._analyzer = self.vectorizer.build_analyzer()
+        vocabulary = self.vectorizer.vocabulary_
+        return {t for t in self._analyzer(text) if t in vocabulary and " " not in t and
+                (self.vectorizer.analyzer != "char" or len(t) == 1)}
 
     def fit(self, pairs: pd.DataFrame) -> "TfidfPairModel":
         """pairs: cv_text, pos_text, neg_cv_text, neg_text (prepare-jobs' preference rows)."""
@@ -49,11 +81,14 @@ class TfidfPairModel:
         diff = self.features(pairs["cv_text"], pairs["pos_text"]) - self.features(pairs["neg_cv_text"], pairs["neg_text"])
         x = sp.vstack([diff, -diff])
         y = np.r_[np.ones(diff.shape[0]), np.zeros(diff.shape[0])]
-        self.weights = LogisticRegression(C=self.C, max_iter=2000, fit_intercept=False).fit(x, y).coef_.ravel()
+        self.weights = LogisticRegression(C=self.C, max_iter=3000, fit_intercept=False).fit(x, y).coef_.ravel()
         return self
 
     def score(self, cvs, jds) -> np.ndarray:
-        return (self.features(cvs, jds) @ self.weights).astype(np.float32)
+        return np.asarray(self.features(cvs, jds) @ self.weights).ravel().astype(np.float32)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_analyzer"}  # a closure: rebuilt on use
 
 
 class TfidfRewardScorer:

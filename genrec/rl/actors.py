@@ -14,11 +14,23 @@ from genrec.faults import crash_once
 from genrec.rl.rollout import Rollout
 
 
+def resources(cfg: PPOConfig) -> dict[str, dict]:
+    """Ray resources of each role's actor. With use_gpu the learner and every rollout worker hold a
+    GPU each; the reference and the scorer, which only run forward passes, take support_gpus each
+    (0.5: one GPU for the two)."""
+    gpu = 1 if cfg.use_gpu else 0
+    support = cfg.support_gpus if cfg.use_gpu else 0
+    return {"learner": dict(num_cpus=cfg.learner_cpus, num_gpus=gpu),
+            "rollout": dict(num_cpus=cfg.worker_cpus, num_gpus=gpu),
+            "reference": dict(num_cpus=cfg.worker_cpus, num_gpus=support),
+            "scorer": dict(num_cpus=cfg.worker_cpus, num_gpus=support)}
 
-def _setup(cfg: PPOConfig) -> torch.device:
+
+def _setup(cfg: PPOConfig, role: str) -> torch.device:
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
-    return torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+    on_gpu = resources(cfg)[role]["num_gpus"] > 0
+    return torch.device("cuda" if on_gpu and torch.cuda.is_available() else "cpu")
 
 
 @ray.remote
@@ -27,7 +39,7 @@ class RolloutWorker:
         from genrec.rl.policy import RolloutPolicy
 
         self.cfg, self.index = cfg, index
-        self.policy = RolloutPolicy(cfg, _setup(cfg))
+        self.policy = RolloutPolicy(cfg, _setup(cfg, "rollout"))
 
     def set_weights(self, weights: dict) -> int:
         self.policy.set_weights(weights)
@@ -47,7 +59,7 @@ class ReferencePolicy:
     def __init__(self, cfg: PPOConfig):
         from genrec.rl.policy import ReferenceModel
 
-        self.ref = ReferenceModel(cfg, _setup(cfg))
+        self.ref = ReferenceModel(cfg, _setup(cfg, "reference"))
 
     def log_probs(self, rollout: Rollout) -> torch.Tensor:
         return self.ref.log_probs(rollout)
@@ -60,7 +72,7 @@ class RewardScorer:
     def __init__(self, cfg: PPOConfig, rows_by_text: dict | None):
         from genrec.rl.rewards import build_reward
 
-        device = _setup(cfg)
+        device = _setup(cfg, "scorer")
         self.reward = build_reward(cfg, rows_by_text, device=device)
 
     def score(self, source_texts: list[str], response_texts: list[str]):
@@ -75,7 +87,7 @@ class Learner:
     def __init__(self, cfg: PPOConfig, rank: int = 0, world: int = 1):
         from genrec.rl.policy import Learner as PolicyLearner
 
-        self.learner = PolicyLearner(cfg, _setup(cfg), rank, world)
+        self.learner = PolicyLearner(cfg, _setup(cfg, "learner"), rank, world)
 
     def address(self) -> str:
         """rank 0: a tcp:// address (this node, a free port) for the learners' process group."""

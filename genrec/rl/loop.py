@@ -8,6 +8,10 @@ same out_dir resumes from the newest. Sampling seeds are a function of (seed, it
 so a retried or resumed iteration draws the same responses: a rollout worker that dies is restarted
 by Ray (max_restarts), gets the weights again, and its share of the iteration is redone.
 
+`advantage`: gae scores each response against the learner's value head; grpo and rloo sample
+`samples_per_prompt` responses to each prompt and score each against the others (critic-free,
+genrec/rl/ppo.py group_advantages), with the same actors and the same clipped update.
+
 `off_policy`: the rollouts of iteration k+1 are launched right after the weights of iteration k
 are synced, so they are sampled while iteration k scores, runs the reference and updates; the
 update then sees tokens sampled by the weights one update older and reweights them (decoupled PPO,
@@ -136,19 +140,19 @@ class PPORun:
         self.prompts = PromptSet(cfg, self.tokenizer, split=cfg.prompt_split)
         self.eval_prompts = (PromptSet(cfg, self.tokenizer, split=cfg.eval_split or cfg.prompt_split, limit=cfg.eval_size)
                              if cfg.eval_size else None)
-        gpu = 1 if cfg.use_gpu else 0
-        self.learners = [actors.Learner.options(num_cpus=cfg.learner_cpus, num_gpus=gpu).remote(cfg, rank, cfg.num_learners)
+        placement = actors.resources(cfg)
+        self.learners = [actors.Learner.options(**placement["learner"]).remote(cfg, rank, cfg.num_learners)
                          for rank in range(cfg.num_learners)]
         self.learner = self.learners[0]  # rank 0: the weights workers sync from, and the checkpoints
         if cfg.num_learners > 1:
             address = ray.get(self.learner.address.remote())
             ray.get([learner.join.remote(address) for learner in self.learners])
-        self.reference = actors.ReferencePolicy.options(num_cpus=cfg.worker_cpus).remote(cfg)
+        self.reference = actors.ReferencePolicy.options(**placement["reference"]).remote(cfg)
         # reward=true_fit scores the evaluation's CVs too, which another split may hold
         truth = {**(self.prompts.truth or {}), **((self.eval_prompts.truth or {}) if self.eval_prompts else {})}
-        self.scorer = actors.RewardScorer.options(num_cpus=cfg.worker_cpus).remote(cfg, truth or None)
+        self.scorer = actors.RewardScorer.options(**placement["scorer"]).remote(cfg, truth or None)
         self.workers = [
-            actors.RolloutWorker.options(num_cpus=cfg.worker_cpus, num_gpus=gpu, max_restarts=cfg.max_restarts,
+            actors.RolloutWorker.options(**placement["rollout"], max_restarts=cfg.max_restarts,
                                          max_task_retries=0).remote(cfg, i)
             for i in range(cfg.num_rollout_workers)
         ]
@@ -190,7 +194,7 @@ class PPORun:
         cfg, timing = self.cfg, {}
         started = time.perf_counter()
 
-        rows, rollout = self.prompts.batch(iteration, cfg.rollout_batch_size), None
+        rows, rollout = self.rows(iteration), None
         if self.pending is not None:  # off-policy: sampled during the last update, with the weights before it
             t = time.perf_counter()
             rollout, self.pending = self._collect(self.pending), None
@@ -212,7 +216,7 @@ class PPORun:
             timing["generate"] = time.perf_counter() - t
         if cfg.off_policy and iteration + 1 < cfg.iterations:
             # The next iteration's rollouts, sampled with these weights while score, ref and update run.
-            self.pending = self._launch(self.prompts.batch(iteration + 1, cfg.rollout_batch_size), iteration + 1, weights)
+            self.pending = self._launch(self.rows(iteration + 1), iteration + 1, weights)
 
         sources = [self.prompts.texts[i] for i in rows]
         responses = self._decode(rollout)
@@ -235,8 +239,9 @@ class PPORun:
         timing["iteration"] = time.perf_counter() - started
 
         tokens = float(rollout.mask.sum())
-        record = {"iteration": iteration + 1, "reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
-                  **metrics, "eos_rate": float(rollout.eos.float().mean()), "response_tokens": tokens,
+        record = {"iteration": iteration + 1, "responses": len(rows), "reward_mean": float(scores.mean()),
+                  "reward_std": float(scores.std()), **metrics, "eos_rate": float(rollout.eos.float().mean()),
+                  "response_tokens": tokens,
                   # per second of the slowest worker's own sampling time (whether or not it overlapped)
                   "tokens_per_s": tokens / max(rollout.seconds, 1e-9), "restarts": self.restarts,
                   **{f"eval/{k}": v for k, v in evaluation.items() if k != "iteration"},
@@ -254,6 +259,12 @@ class PPORun:
         if self.report is not None:
             self.report(record)
         return record
+
+    def rows(self, iteration: int) -> list[int]:
+        """The prompt rows of an iteration, each samples_per_prompt times in a row: the groups that
+        grpo and rloo compare are consecutive responses."""
+        batch = self.prompts.batch(iteration, self.cfg.rollout_batch_size)
+        return [row for row in batch for _ in range(self.cfg.samples_per_prompt)]
 
     def evaluate(self, iteration: int, weights) -> dict:
         """Mean learned reward (and hidden true fit) of eval_samples responses to each evaluation prompt,

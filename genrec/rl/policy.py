@@ -152,7 +152,9 @@ class ReferenceModel:
 
 class Learner:
     """Policy + value head (a linear layer on the policy's last hidden state), AdamW, KL controller,
-    score statistics; `step` runs PPO epochs over minibatches of one iteration's rollouts.
+    score statistics; `step` runs PPO epochs over minibatches of one iteration's rollouts. The
+    advantages come from the value head (advantage=gae) or from the other responses to the same
+    prompt (grpo, rloo: the value head is kept but not trained).
 
     With `world` > 1 learners (a torch.distributed group, `join`), every learner receives the whole
     rollout, computes the pre-update pass for its share of the rows (gathered by an all-reduce), and
@@ -247,7 +249,10 @@ class Learner:
         logp = ppo.token_log_probs(logits, tokens.to(self.device))
         pg_loss, pg_stats = ppo.policy_loss(logp, lp_old, adv, m, c.clip_range,
                                             w if is_weights is not None else None, denominator)
-        vf_loss, vf_stats = ppo.value_loss(values, v_old, ret, m, c.value_clip, denominator)
+        if c.advantage == "gae":
+            vf_loss, vf_stats = ppo.value_loss(values, v_old, ret, m, c.value_clip, denominator)
+        else:  # grpo, rloo: no critic to train
+            vf_loss, vf_stats = torch.zeros((), device=self.device), {"value_clip_fraction": 0.0}
         ent = ppo.masked_mean(ppo.entropy_from_logits(logits), m, denominator)
         (pg_loss + c.vf_coef * vf_loss - c.ent_coef * ent).backward()
         for key, value in (("loss/policy", pg_loss), ("loss/value", vf_loss), ("entropy_update", ent),
@@ -261,7 +266,11 @@ class Learner:
         scores_used = ppo.normalize_scores(scores.float(), self.moments if c.score_norm else None, c.score_clip)
         beta = self.kl_ctl.beta
         rewards, kl = ppo.per_token_rewards(scores_used, old_logp, ref_logp, mask, beta, c.kl_estimator)
-        advantages, returns = ppo.gae(rewards, old_values, mask, c.gamma, c.lam)
+        if c.advantage == "gae":
+            advantages, returns = ppo.gae(rewards, old_values, mask, c.gamma, c.lam)
+        else:  # critic-free: the sequence's reward (score - beta * its KL) against its prompt's group, on every token
+            per_response = ppo.group_advantages(rewards.sum(1), c.samples_per_prompt, c.advantage)
+            advantages, returns = per_response[:, None] * mask, old_values  # (returns: unused without a critic)
         if c.whiten_advantages:
             advantages = ppo.whiten(advantages, mask)
 

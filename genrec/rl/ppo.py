@@ -248,3 +248,27 @@ def normalize_scores(scores: torch.Tensor, moments: RunningMoments | None, clip:
     if clip > 0:
         out = out.clamp(-clip, clip)
     return out
+
+
+# ---------------------------------------------------------------------- critic-free advantages
+def group_advantages(rewards: torch.Tensor, group_size: int, method: str, eps: float = 1e-6) -> torch.Tensor:
+    """One advantage per response from the other responses to the same prompt, no value head.
+
+    rewards (B,) hold the responses of B / group_size prompts, each prompt's group_size responses
+    next to each other. grpo (Shao et al. 2024): (r - mean of the group) / (std of the group + eps);
+    a group whose responses all score the same gets 0. rloo (Ahmadian et al. 2024): r - mean of the
+    group's other responses, i.e. (r - mean) · k / (k - 1).
+    """
+    if group_size < 2:
+        raise ValueError(f"group advantages need at least 2 responses per prompt, got {group_size}")
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    groups = rewards.float().view(-1, group_size)
+    centred = groups - groups.mean(1, keepdim=True)
+    if method == "grpo":
+        out = centred / (groups.std(1, unbiased=False, keepdim=True) + eps)
+    elif method == "rloo":
+        out = centred * group_size / (group_size - 1)
+    else:
+        raise ValueError(f"unknown group advantage {method!r}; known: grpo, rloo")
+    return out.view(-1)

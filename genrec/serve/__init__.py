@@ -1,6 +1,6 @@
 """genrec.serve: the trained models over HTTP.
 
-api.py          the FastAPI app (routes, request schemas, error handling); knows nothing of Ray
+api.py          the FastAPI app (routes, request schemas, errors, limits); Ray only in HandleBackend
 recommender.py  RecommenderModel: checkpoint + catalog trie, constrained beam search for a batch
 girl.py         JobGeneratorModel (CV -> JD) and JobMatcherModel (reward score, JobRecommender)
 deployments.py  the Ray Serve deployments (@serve.batch, autoscaling) and the app builders

@@ -2,14 +2,18 @@
 OpenAPI docs at /docs, both made of files shipped in genrec/serve/page/ (nothing from a CDN).
 
 The app knows nothing of Ray: each backend is an object with `async call(method, *args)`, a Serve
-deployment handle in the Serve app (genrec/serve/deployments.py) or a local object in the
-benchmark's plain server. Routes exist only for the backends that are deployed.
+deployment handle in the Serve app (genrec/serve/deployments.py; HandleBackend turns Ray's errors of
+an unavailable replica into BackendUnavailable) or a local object in the benchmark's plain server. Routes exist only for the backends that are deployed.
 
-Errors are JSON `{"detail": "<field>: <what is wrong>"}`: malformed JSON 400, a request too large
-under the `reject` policies 413, a body that is not sent as JSON 415, anything else that does not
-fit the schema or the catalog 422. Bad input never reaches a model, so it never yields a 500.
+Errors are JSON `{"detail": "<field>: <what is wrong>"}`: malformed JSON 400, a body over
+`max_body_bytes` (refused before it is read) or a text too large under the `reject` policies 413,
+a body that is not sent as JSON 415, anything else that does not fit the schema or the catalog
+422. Bad input never reaches a model, so it never yields a 500. A model that cannot answer (its
+replica died, or it sheds load) gives 503 with Retry-After, and a request still unanswered after
+`request_timeout_s` gives 504: no request hangs.
 """
 # No `from __future__ import annotations`: FastAPI must see the request classes built in request_models.
+import asyncio
 import dataclasses
 import functools
 import html
@@ -31,8 +35,16 @@ PAGE_DIR = Path(__file__).resolve().parent / "page"  # index.html, docs.html, ap
 SEARCH_MAX_LIMIT, SEARCH_MAX_QUERY = 50, 200
 
 
+RETRY_AFTER_S = 1  # what a 503 tells the client to wait: Serve restarts a dead replica in seconds
+
+
+class BackendUnavailable(Exception):
+    """The model could not take the request (a dead replica, or one that sheds load): HTTP 503."""
+
+
 class Backend:
-    """A model behind the API; `call` runs one of its methods and returns the result."""
+    """A model behind the API; `call` runs one of its methods and returns the result, or raises
+    BackendUnavailable when the model cannot answer now."""
 
     async def call(self, method: str, *args: Any) -> Any:
         raise NotImplementedError
@@ -45,7 +57,14 @@ class HandleBackend(Backend):
         self.handle = handle
 
     async def call(self, method: str, *args: Any) -> Any:
-        return await getattr(self.handle, method).remote(*args)
+        import ray
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        try:
+            return await getattr(self.handle, method).remote(*args)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, BackPressureError,
+                DeploymentUnavailableError) as e:
+            raise BackendUnavailable(f"{type(e).__name__}: {e}"[:300]) from e
 
 
 class LocalBackend(Backend):
@@ -121,7 +140,7 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 503, 504)}
 
 
 def request_models(cfg: ServeConfig) -> dict[str, type[BaseModel]]:
@@ -155,9 +174,11 @@ def request_models(cfg: ServeConfig) -> dict[str, type[BaseModel]]:
 def create_api(cfg: ServeConfig, backends: Backends) -> FastAPI:
     app = FastAPI(title="genrec", version="1", description="Generative recommendation (GenRec) and job "
                   "matching (GIRL) behind one API. Errors: 400 malformed JSON, 413 too large, 415 not JSON, "
-                  "422 invalid; each names the field.",
+                  "422 invalid (each names the field); 503 a model cannot answer now (retry after Retry-After "
+                  "seconds), 504 no answer in time.",
                   docs_url=None, redoc_url=None)  # FastAPI's own docs pages load their scripts from a CDN
     add_error_handlers(app)
+    add_request_limits(app, cfg.max_body_bytes, cfg.request_timeout_s)
     add_pages(app)
     models = request_models(cfg)
 
@@ -180,7 +201,7 @@ def create_api(cfg: ServeConfig, backends: Backends) -> FastAPI:
         for name in ("recommender", "generator", "matcher"):
             backend = getattr(backends, name)
             out[name] = jsonable_encoder(await backend.call("info")) if backend is not None else None
-        return out
+        return out if cfg.expose_paths else hide_paths(out)
 
     if backends.recommender is not None:
         RecommendRequest = models["recommend"]
@@ -261,6 +282,17 @@ def add_pages(app: FastAPI) -> None:
         return render("docs.html", request)
 
 
+def hide_paths(value: Any) -> Any:
+    """Every absolute filesystem path in `value` (nested dicts and lists) cut to its last two parts."""
+    if isinstance(value, dict):
+        return {k: hide_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [hide_paths(v) for v in value]
+    if isinstance(value, str) and value.startswith("/") and len(Path(value).parts) > 3:
+        return str(Path(*Path(value).parts[-2:]))
+    return value
+
+
 def unwrap(result: Any) -> Any:
     """A backend answers a bad request with {"error": {status, detail}}: turn it into the HTTP error."""
     if isinstance(result, dict) and "error" in result:
@@ -277,6 +309,88 @@ def fit_text(name: str, text: str, limit: int, policy: str) -> tuple[str, bool]:
     if policy == "reject":
         raise HTTPException(413, f"{name}: {len(text)} characters, over the limit of {limit}")
     return text[:limit], True
+
+
+class BodyLimit:
+    """ASGI middleware: a body over `limit` bytes gets 413 before the app reads or parses it. A declared
+    Content-Length is checked before any byte is read; a chunked body is read up to the limit, then
+    handed on whole."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:  # (the HTTP server has refused one that is not a number)
+            if int(declared) > self.limit:
+                return await self.refuse(scope, send, f"{int(declared)} bytes")
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left: nothing to answer
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await self.refuse(scope, send, f"over {self.limit} bytes so far")
+            if not message.get("more_body"):
+                break
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def refuse(self, scope, send, size: str) -> None:
+        response = JSONResponse({"detail": f"body: {size}, over the limit of {self.limit} bytes (max_body_bytes)"},
+                                status_code=413)
+        await response(scope, None, send)
+
+
+class Deadline:
+    """ASGI middleware: a request with no answer after `timeout_s` gets 504, and the app's work on it,
+    the model call included, is cancelled (a Serve handle call cancels the request on its replica)."""
+
+    def __init__(self, app, timeout_s: float) -> None:
+        self.app, self.timeout_s = app, timeout_s
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def watched_send(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await asyncio.wait_for(self.app(scope, receive, watched_send), self.timeout_s)
+        except asyncio.TimeoutError:
+            if not started:  # a response already begun cannot turn into a 504: the server ends it
+                response = JSONResponse({"detail": f"no answer within {self.timeout_s:g} s (request_timeout_s)"},
+                                        status_code=504)
+                await response(scope, receive, send)
+
+
+def add_request_limits(app: FastAPI, max_body_bytes: int, timeout_s: float) -> None:
+    """413 for a body over max_body_bytes, unread; 504 for a request unanswered after timeout_s (its
+    model call is cancelled); 503 with Retry-After when a model cannot take the request."""
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(Deadline, timeout_s=timeout_s)
+
+    @app.exception_handler(BackendUnavailable)
+    async def unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": f"the model cannot answer now ({exc}); retry"}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def add_error_handlers(app: FastAPI) -> None:

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import logging
-import time
+import signal
+import threading
 
 from genrec.config import ServeConfig
 from genrec.runtime import init_ray
@@ -23,21 +24,45 @@ def start_serve(cfg: ServeConfig) -> str:
 
 
 def serve_app(cfg: ServeConfig) -> dict:
-    """Run until Ctrl-C (blocking=true), or deploy and return (blocking=false: the app lives as long
+    """Run until SIGINT (Ctrl-C) or SIGTERM (blocking=true), then shut Serve and this process's Ray
+    connection down and return; or deploy and return at once (blocking=false: the app lives as long
     as the Ray cluster, so use it with RAY_ADDRESS pointing at one)."""
+    import ray
     from ray import serve
 
+    init_ray()  # first: ray.init sets a SIGTERM handler of its own (sys.exit), which ours replaces
+    signals = Signals(signal.SIGINT, signal.SIGTERM) if cfg.blocking else None  # a signal while deploying counts
     url = start_serve(cfg)
     log.info("genrec serving at %s: a page to try it at %s/, OpenAPI docs at %s/docs", url, url, url)
-    if cfg.blocking:
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            log.info("shutting down Serve")
-        finally:
-            serve.shutdown()
+    if signals is not None:
+        received = signals.wait()
+        log.info("%s: shutting down Serve and Ray", signal.Signals(received).name)
+        serve.shutdown()
+        ray.shutdown()  # a local Ray stops with it; on a cluster (RAY_ADDRESS) this driver disconnects
     return {"url": url, "page": f"{url}/", "docs": f"{url}/docs", "app": cfg.app_name}
+
+
+class Signals:
+    """Catches `signals` from its creation on; `wait` blocks until one has arrived, puts the handlers
+    before back and returns it."""
+
+    def __init__(self, *signals: int) -> None:
+        self.received: list[int] = []
+        self.arrived = threading.Event()
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in signals}
+
+    def _handle(self, signum, frame) -> None:
+        self.received.append(signum)
+        self.arrived.set()
+
+    def wait(self) -> int:
+        try:
+            while not self.arrived.wait(0.5):
+                pass
+        finally:
+            for sig, old in self.previous.items():
+                signal.signal(sig, old)
+        return self.received[0]
 
 
 def demo_requests(url: str, item_ids: list[str], titles: list[str]) -> dict:

@@ -81,7 +81,8 @@ def fit_tfidf_reward(cfg: RewardConfig, data: Path, out: Path) -> dict:
     texts = pd.concat([pairs["cv_text"], pairs["pos_text"]]).head(1000)
     chinese = float(texts.str.count(" ").sum()) < 0.02 * float(texts.str.len().sum())  # no spaces between words
     started = time.time()
-    model = TfidfPairModel(chinese=chinese).fit(pairs)
+    model = TfidfPairModel(chinese=chinese, C=cfg.tfidf.C, ngram_max=cfg.tfidf.ngram_max, jd_words=cfg.tfidf.jd_words,
+                           word_pairs=cfg.tfidf.word_pairs).fit(pairs)
     train = {"pairs": len(pairs), "fit_s": round(time.time() - started, 2), "chinese": chinese}
     valid = load_pairs(data / "pairs" / "valid.parquet", 2000)
     if len(valid):
