@@ -32,7 +32,7 @@ import json
 import platform
 import time
 
-from common import RESULTS as RESULTS_DIR, WORK as BENCH_WORK, add_render_flag, generated_by, read_json, \
+from common import RESULTS as RESULTS_DIR, WORK as BENCH_WORK, add_render_flag, generated_by, read_json, relative, \
     render_results, table, write_json, write_results
 
 WORK = BENCH_WORK / "ppo_market"
@@ -215,6 +215,11 @@ def run_rl(methods, rewards, seeds, iterations: int, tag: str = "", extra: dict 
     ray.shutdown()
 
 
+def repository_paths(config: dict) -> dict:
+    """Path values made relative to the repository, so the JSON reads the same in every checkout."""
+    return {k: relative(v) if isinstance(v, str) and v.startswith(str(WORK)) else v for k, v in config.items()}
+
+
 def collect() -> dict:
     from genrec.rl.loop import EVAL_FILE, read_metrics
 
@@ -222,11 +227,12 @@ def collect() -> dict:
     for marker in sorted(WORK.glob("*/run.json")):
         out = marker.parent
         metrics = read_metrics(out)
-        runs[out.name] = {**json.loads(marker.read_text()), "evals": read_metrics(out, EVAL_FILE),
+        run = json.loads(marker.read_text())
+        runs[out.name] = {**run, "overrides": repository_paths(run["overrides"]), "evals": read_metrics(out, EVAL_FILE),
                           "kl_last": metrics[-1]["kl"] if metrics else None}
     agreement_file, recommend_file = WORK / "agreement.json", WORK / "recommend.json"
     return {"machine": f"{platform.machine()} CPU, 2 cores", "date": time.strftime("%Y-%m-%d"),
-            "market": "500 CVs, 300 JDs, seed 1, truncated negatives 1", "base": base_config(),
+            "market": "500 CVs, 300 JDs, seed 1, truncated negatives 1", "base": repository_paths(base_config()),
             "methods": METHODS, "agreement": read_json(agreement_file) if agreement_file.exists() else {},
             "runs": runs, "recommend": read_json(recommend_file) if recommend_file.exists() else {}}
 
@@ -303,8 +309,8 @@ def render_runs(result: dict) -> list[str]:
         reward_text = "(the true fit)" if reward == "true_fit" else \
             f"{_mean([r['evals'][0]['reward_mean'] for r in runs]):.3f} -> {_mean([r['evals'][-1]['reward_mean'] for r in runs]):.3f}"
         its = runs[0]["overrides"]["iterations"]
-        changed = {k: v for k, v in runs[0]["overrides"].items()
-                   if k not in (*METHODS[method], "reward", "reward_path", "iterations", "seed")}
+        changed = {k: v for k, v in runs[0]["overrides"].items()  # what differs from the method's own setting
+                   if k not in ("reward", "reward_path", "iterations", "seed") and METHODS[method].get(k, base.get(k)) != v}
         setting = ", ".join(f"{k} {v}" for k, v in changed.items()) or "-"
         rows.append([method, reward, setting, f"{len(runs)} ({', '.join(str(r['seed']) for r in runs)})", its,
                      reward_text, f"{before:.3f} -> {after:.3f}", f"{_mean(changes):+.3f}", f"{min(changes):+.3f}",
@@ -312,7 +318,7 @@ def render_runs(result: dict) -> list[str]:
                      f"{_mean([r['kl_last'] for r in runs]):.2f}", f"{_mean([r['wall_s'] for r in runs]):.0f}"])
         points = list(zip(*[[e["true_fit"] for e in r["evals"]] for r in runs]))
         steps = [e["iteration"] for e in runs[0]["evals"]]
-        curves.append(f"- {method}, {reward}{', ' + setting if changed else ''}: " + ", ".join(f"{s}: {_mean(p):.3f}" for s, p in zip(steps, points)))
+        curves.append(f"- {method}, {reward}{', ' + setting if changed else ''}, {its} iterations: " + ", ".join(f"{s}: {_mean(p):.3f}" for s, p in zip(steps, points)))
     return ["## RL from the SFT generator", "",
             f"48 responses per iteration (ppo: 48 CVs x 1; grpo, rloo: 12 CVs x {GROUP}), lr {base['lr']}, "
             f"initial KL coefficient {base['init_kl_coef']} (adaptive), scores normalised. Held-out: "

@@ -60,7 +60,9 @@ async def load(url: str, bodies: list[dict], clients: int, seconds: float, kill_
             await asyncio.sleep(kill_at)
             await asyncio.to_thread(kill)
 
-        await asyncio.gather(killer(), *(client(k) for k in range(clients)))
+        killing = asyncio.ensure_future(killer())
+        await asyncio.gather(*(client(k) for k in range(clients)))
+        killing.cancel()  # (a kill_at past the end never fires)
     return records
 
 
@@ -167,6 +169,7 @@ def render_markdown(results: dict) -> str:
         outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(part["outcomes"].items())) or "-"
         rows.append([name, part["requests"], outcomes, "-" if part["p50_ms"] is None else f"{part['p50_ms']:.0f}",
                      "-" if part["p99_ms"] is None else f"{part['p99_ms']:.0f}"])
+    lines += ["Windows by the time a request started: a request in flight when the replica died counts in `before`.", ""]
     lines += table(["window", "requests", "outcomes (HTTP status)", "p50 ms of 200s", "p99 ms of 200s"], rows, "lrlrr")
     return "\n".join(lines) + "\n"
 

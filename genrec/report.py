@@ -260,6 +260,10 @@ def sections_for_run(summary: dict) -> list[dict]:
             sections.append(curves(f"PPO: {name}", out / "metrics.jsonl", x="iteration",
                                    keys=["reward_mean", "kl", "true_fit"]))
             if (out / "eval.jsonl").exists():
+                # learned reward and true fit on the same held-out CVs: over-optimisation is the first
+                # rising while the second falls
+                sections.append(curves(f"RL held-out curves: {name}", out / "eval.jsonl", x="iteration",
+                                       keys=["reward_mean", "true_fit", "response_length"]))
                 sections.append(ppo_evaluations(f"PPO held-out evaluation: {name}", out / "eval.jsonl"))
         elif s["verb"] == "train-reward" and (out / "metrics.jsonl").exists():
             sections.append(curves(f"Reward model: {name}", out / "metrics.jsonl", x="step",

@@ -79,3 +79,18 @@ def test_read_jsonl_counts_lines_that_are_not_records(tmp_path):
 def test_report_rejects_an_unknown_section_kind(tmp_path):
     with pytest.raises(ValueError, match="unknown kind 'pie'"):
         write_report(tmp_path, [{"kind": "pie", "title": "x"}])
+
+
+def test_a_pipeline_rl_stage_plots_its_held_out_learned_reward_and_true_fit(tmp_path):
+    from genrec.report import sections_for_run
+
+    ppo = tmp_path / "ppo"
+    write_jsonl(ppo / "metrics.jsonl", [{"iteration": i, "reward_mean": 0.1 * i, "kl": 0.1, "true_fit": 0.6}
+                                        for i in range(1, 5)])
+    write_jsonl(ppo / "eval.jsonl", [{"iteration": i, "responses": 8, "reward_mean": 1.0 + i, "true_fit": 0.6 - 0.01 * i,
+                                      "response_length": 60.0, "eos_rate": 1.0} for i in (0, 2, 4)])
+    summary = {"stages": {"rl": {"verb": "ppo", "config": {"out_dir": str(ppo)}, "seconds": 1.0}}}
+    report = write_report(tmp_path, sections_for_run(summary)).read_text()
+    assert "## RL held-out curves: rl" in report and "## PPO held-out evaluation: rl" in report
+    assert png_shape(tmp_path / "plots" / "rl_held_out_curves_rl.png")[2] in (3, 4)
+    assert "| 4 | 8 | 5.000 | 0.560 |" in report  # the last evaluation: reward up, true fit down
