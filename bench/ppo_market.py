@@ -245,8 +245,8 @@ def _mean(values):
 def render_markdown(result: dict) -> str:
     lines = ["# Reward models and RL on the synthetic job market: learned reward vs hidden true fit", "",
              generated_by("python bench/ppo_market.py --render"), "",
-             __doc__.split("\n\n")[1].replace("\n", " "), "",
-             f"Measured {result['date']} on {result['machine']}.", ""]
+             __doc__.split("\n\n")[1].replace("\n", " ").replace(" Three measurements:", ""), "",
+             f"Collected {result['date']} on {result['machine']} (when each part ran: bench/results/NOTES.md).", ""]
     if result["agreement"]:
         lines += render_agreement(result["agreement"])
     if result["runs"]:
@@ -297,6 +297,7 @@ def render_agreement(agreement: dict) -> list[str]:
 
 def render_runs(result: dict) -> list[str]:
     base, groups = result["base"], {}
+    held_out_cvs = next(iter(result["runs"].values()))["evals"][0]["responses"] // base["eval_samples"]
     for name, run in result["runs"].items():
         groups.setdefault((run["method"], run["reward"], run.get("tag", "")), []).append(run)
     rows, curves = [], []
@@ -322,7 +323,7 @@ def render_runs(result: dict) -> list[str]:
     return ["## RL from the SFT generator", "",
             f"48 responses per iteration (ppo: 48 CVs x 1; grpo, rloo: 12 CVs x {GROUP}), lr {base['lr']}, "
             f"initial KL coefficient {base['init_kl_coef']} (adaptive), scores normalised. Held-out: "
-            f"{base['eval_size']} test CVs x {base['eval_samples']} samples. Length ratio: JD length after / before.", "",
+            f"{held_out_cvs} test CVs x {base['eval_samples']} samples. Length ratio: JD length after / before.", "",
             *table(["method", "reward", "setting", "seeds", "iterations", "learned reward before -> after",
                     "true fit before -> after", "mean change", "worst seed", "per seed", "length ratio",
                     "KL (last iteration)", "wall s"], rows, "llllrllrrlrrr"),

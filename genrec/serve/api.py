@@ -3,7 +3,8 @@ OpenAPI docs at /docs, both made of files shipped in genrec/serve/page/ (nothing
 
 The app knows nothing of Ray: each backend is an object with `async call(method, *args)`, a Serve
 deployment handle in the Serve app (genrec/serve/deployments.py; HandleBackend turns Ray's errors of
-an unavailable replica into BackendUnavailable) or a local object in the benchmark's plain server. Routes exist only for the backends that are deployed.
+an unavailable replica into BackendUnavailable) or a local object in the benchmark's plain server.
+Routes exist only for the backends that are deployed.
 
 Errors are JSON `{"detail": "<field>: <what is wrong>"}`: malformed JSON 400, a body over
 `max_body_bytes` (refused before it is read) or a text too large under the `reject` policies 413,
@@ -33,8 +34,6 @@ from genrec.serve.recommender import CatalogSearch
 
 PAGE_DIR = Path(__file__).resolve().parent / "page"  # index.html, docs.html, app.js, docs.js, style.css
 SEARCH_MAX_LIMIT, SEARCH_MAX_QUERY = 50, 200
-
-
 RETRY_AFTER_S = 1  # what a 503 tells the client to wait: Serve restarts a dead replica in seconds
 
 
