@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from common import RESULTS, add_render_flag, generated_by, render_results, table, write_results
-from serve_load import free_port, make_inputs, serve_overrides, wait_ready
+from serve_load import add_model_arguments, free_port, make_inputs, serve_overrides, wait_ready
 
 CLIENT_TIMEOUT_S = 60
 
@@ -101,12 +101,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--kill-at", type=float, default=20)
     parser.add_argument("--requests", type=int, default=500, help="distinct request bodies, reused in turn")
-    parser.add_argument("--users", type=int, default=1000)
-    parser.add_argument("--items", type=int, default=1000)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--beams", type=int, default=10)
-    parser.add_argument("--k", type=int, default=10)
+    add_model_arguments(parser)
     parser.add_argument("--out", default=str(RESULTS / "serve_faults.json"))
     add_render_flag(parser, "the markdown beside --out")
     args = parser.parse_args()

@@ -210,16 +210,21 @@ def percentiles(latencies: np.ndarray) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ main
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=2000, help="requests per server")
-    parser.add_argument("--warmup", type=int, default=40)
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The catalog, model and decoding of make_inputs and serve_overrides (also bench/serve_faults.py's)."""
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--beams", type=int, default=10)
     parser.add_argument("--k", type=int, default=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000, help="requests per server")
+    parser.add_argument("--warmup", type=int, default=40)
+    add_model_arguments(parser)
     parser.add_argument("--batch", type=int, default=16, help="max_batch_size of the batched server")
     parser.add_argument("--wait-ms", type=float, default=5.0, help="batch_wait_timeout of the batched server")
     parser.add_argument("--plain-server", type=int, default=0, help=argparse.SUPPRESS)  # internal: run the baseline
