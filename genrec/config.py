@@ -50,8 +50,8 @@ class RayTrain(Config):
     num_workers: int = field(1, "Ray Train workers (one process per GPU or CPU slot)", ge=1)
     cpus_per_worker: int = field(1, "CPU cores each worker reserves and trains on (its torch threads)", ge=1)
     use_gpu: bool = field(False, "one GPU per worker, bf16 autocast")
-    max_failures: int = field(2, "worker failures Ray Train recovers from (restarting from the last checkpoint)",
-                              ge=0)
+    max_failures: int = field(2, "worker failures Ray Train recovers from (restarting from the last checkpoint); "
+                              "under `genrec tune`, failures of a trial that Tune restarts it after", ge=0)
 
 
 # Flat keys of the shared sections before they were sections: each still loads, under its new key.

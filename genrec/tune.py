@@ -5,7 +5,9 @@
          -> sft, reward: the stage's TorchTrainer, with TuneReportCallback passing every
             ray.train.report (validation loss / pairwise accuracy every eval_every steps) to Tune,
             where ASHA stops trailing trials (a stopped trial's Train controller dies with it, and Ray
-            Train's placement-group cleaner frees its workers' CPUs: runtime.start_local_ray)
+            Train's placement-group cleaner frees its workers' CPUs: runtime.start_local_ray). A
+            trial's Ray Train run never retries itself (without_train_retries); Tune retries the
+            trial instead, which resumes from the run's last checkpoint
          -> sft: optionally HR@10 on the first hr_users validation users (constrained beam search)
          -> ppo: the actor loop, reporting every iteration (reward_mean, kl, true_fit, ...)
       -> results.csv / results.md (one row per trial), best.json, best_config.yaml, report.md (plots)
@@ -51,6 +53,22 @@ TRIAL_DRIVER_CPU = 0.01
 
 
 # ------------------------------------------------------------------------------------- the stages
+def without_train_retries(cfg):
+    """`cfg` with ray_train.max_failures = 0: Tune, not Ray Train, retries a failed trial (tune()).
+    Why: when Tune stops a trial, the trial's Ray Train workers can die a moment before its
+    controller; a controller with retries left then starts a new worker group, whose fresh placement
+    group its placement-group cleaner has not been told of when the controller dies: that group
+    holds its CPUs until the driver exits, and on a small cluster every later trial waits for them.
+    A retried trial resumes all the same: its run keeps its storage path and name (train.common)."""
+    return dataclasses.replace(cfg, ray_train=dataclasses.replace(cfg.ray_train, max_failures=0))
+
+
+def trial_retries(cfg) -> int:
+    """How often Tune restarts a failed trial: the stage's ray_train.max_failures (0 for a stage
+    without Ray Train workers)."""
+    return cfg.ray_train.max_failures if hasattr(cfg, "ray_train") else 0
+
+
 def fit_sft(cfg: SFTConfig, callbacks: list) -> dict:
     """genrec.train.launch.train_sft with Tune's callbacks on its RunConfig; one checkpoint kept
     per trial (trials are many); returns the final metrics."""
@@ -64,7 +82,7 @@ def sft_for_tune(cfg: SFTConfig) -> SFTConfig:
     and checkpoints, so checkpoints are taken exactly at validation steps."""
     if cfg.eval_every == 0:
         raise ConfigError("eval_every: a tuned SFT run needs validation reports (eval_every > 0) for ASHA")
-    return dataclasses.replace(cfg, save_every=cfg.eval_every)
+    return without_train_retries(dataclasses.replace(cfg, save_every=cfg.eval_every))
 
 
 def fit_reward(cfg: RewardConfig, callbacks: list) -> dict:
@@ -78,7 +96,7 @@ def reward_for_tune(cfg: RewardConfig) -> RewardConfig:
     """As for SFT: checkpoints only at validation steps, so every report carries valid_pairwise_acc."""
     if cfg.eval_every == 0:
         raise ConfigError("eval_every: a tuned reward run needs validation reports (eval_every > 0) for ASHA")
-    return dataclasses.replace(cfg, save_every=cfg.eval_every)
+    return without_train_retries(dataclasses.replace(cfg, save_every=cfg.eval_every))
 
 
 def fit_ppo(cfg: PPOConfig, callbacks: list) -> dict:
@@ -226,11 +244,12 @@ def tune(cfg: TuneConfig) -> dict:
         tune_config=ray_tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, scheduler=scheduler,
                                         num_samples=cfg.num_samples,
                                         search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=concurrency)),
-        run_config=ray_tune.RunConfig(name="tune", storage_path=str(out / "ray"), verbose=0),
+        run_config=ray_tune.RunConfig(name="tune", storage_path=str(out / "ray"), verbose=0,
+                                      failure_config=ray_tune.FailureConfig(max_failures=trial_retries(base_cfg))),
     )
     grid = tuner.fit()
     rows = result_rows(grid, sweep, out)
-    best = write_results(cfg, rows, out)
+    best = write_results(cfg, rows, out, trial_retries(base_cfg))
     log.info("tune done: best trial %s %s", best["trial"], {k: best.get(k) for k in (f"best_{sweep.metric}", "hr@10")})
     return best
 
@@ -378,8 +397,9 @@ def result_rows(grid, sweep: Sweep, out: Path) -> list[dict]:
     return rows
 
 
-def write_results(cfg: TuneConfig, rows: list[dict], out: Path) -> dict:
-    """results.csv and results.md, best.json, and best_config.yaml (loadable by the stage's verb)."""
+def write_results(cfg: TuneConfig, rows: list[dict], out: Path, retries: int) -> dict:
+    """results.csv and results.md, best.json, and best_config.yaml (loadable by the stage's verb,
+    with the base config's `retries` as ray_train.max_failures again: trials ran without them)."""
     table = pd.DataFrame(rows)
     sweep = STAGES[cfg.stage].sweep
     if cfg.metric == "hr@10":
@@ -398,6 +418,8 @@ def write_results(cfg: TuneConfig, rows: list[dict], out: Path) -> dict:
     trial_config["out_dir"] = str(out / "best_run")  # a fresh run of the winner, not a resume of the trial
     if "run_name" in trial_config:
         trial_config["run_name"] = ""
+    if "ray_train" in trial_config:
+        trial_config["ray_train"]["max_failures"] = retries
     stage_cfg = from_dict(STAGES[cfg.stage].config_cls, trial_config)
     save_config(stage_cfg, out / "best_config.yaml")
     best["best_config"] = str(out / "best_config.yaml")

@@ -25,6 +25,37 @@ def ray_session():
     ray.shutdown()
 
 
+def live_placement_groups() -> dict:
+    import ray
+
+    return {pg_id: (pg["state"], pg["bundles"]) for pg_id, pg in ray.util.placement_group_table().items()
+            if pg["state"] != "REMOVED"}
+
+
+@pytest.fixture(autouse=True)
+def no_placement_group_outlives_its_test(request):
+    """A Ray test leaves no placement group behind (a Tune trial's, a Ray Train run's): one that did
+    would hold its CPUs and make every later test wait for them. After a bounded wait (a stopped
+    Ray Train run's group goes a second or so after its controller) the test errors at teardown,
+    naming the groups, and they are removed so that the rest of the suite runs."""
+    if "ray_session" not in request.fixturenames:
+        yield
+        return
+    import ray
+    from ray.util.placement_group import PlacementGroup
+
+    request.getfixturevalue("ray_session")  # autouse fixtures come first: Ray must be up to ask it
+    before = set(live_placement_groups())
+    yield
+    deadline = time.monotonic() + 30
+    while (left := {k: v for k, v in live_placement_groups().items() if k not in before}) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    for pg_id in left:
+        ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+    if left:
+        pytest.fail(f"{request.node.nodeid} left these placement groups (now removed): {left}")
+
+
 def wait_until_cluster_idle(timeout_s: float = 60.0) -> None:
     """Waits until every CPU of the session is free again and no placement group is left (a Tune
     trial's, a Ray Train run's); after timeout_s fails with what is still held. A Ray Train run's

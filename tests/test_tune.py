@@ -47,6 +47,10 @@ def test_tune_picks_the_trial_with_the_good_learning_rate_on_cpu(ray_session, tm
     cfg = load_config(SFTConfig, out / "best_config.yaml")
     assert cfg.lr == 5e-3 and cfg.max_steps == 8 and cfg.out_dir == str(out / "best_run")
     assert (cfg.tiny.layers, cfg.tiny.hidden) == (1, 32)
+    # A trial's Ray Train run does not retry itself (a retry racing the trial's stop strands a
+    # placement group); Tune retries the trial, and the winner's config gets the retries back.
+    trial_cfg = load_config(SFTConfig, out / "trials" / best["trial"] / "config.yaml")
+    assert trial_cfg.ray_train.max_failures == 0 and cfg.ray_train.max_failures == SFTConfig().ray_train.max_failures > 0
     assert (out / "trials" / best["trial"] / "best" / "genrec.json").exists()
     # Both trials tokenized nothing themselves: the shards were built once and linked.
     assert (out / "trials" / best["trial"] / "tokens").is_symlink()
