@@ -83,6 +83,48 @@ def serve_overrides(args, port: int) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------- servers
+def start_serve_batch_app(cfg) -> str:
+    """The peer: genrec's app with its Recommender batching through Ray Serve's own @serve.batch
+    (same max_batch_size and wait) instead of genrec's Batcher; returns the base URL."""
+    from ray import serve
+
+    from genrec.serve.deployments import GenrecAPI, deployment_options
+    from genrec.serve.recommender import RecommenderModel
+
+    @serve.deployment
+    class ServeBatchRecommender:
+        def __init__(self, recommender_cfg) -> None:
+            self.model = RecommenderModel(recommender_cfg)
+            self.batches = self.requests = 0
+
+        def reconfigure(self, user_config: dict) -> None:
+            self.settings = user_config
+            self.rank.set_max_batch_size(int(user_config["max_batch_size"]))
+            self.rank.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+
+        def ping(self) -> bool:
+            return True
+
+        def info(self) -> dict:
+            return dict(self.model.info(), batching=dict(self.settings, batches=self.batches, requests=self.requests,
+                                                         mean_batch_size=self.requests / max(1, self.batches)))
+
+        async def recommend(self, history: list, k: int, exclude_history: bool) -> dict:
+            checked = self.model.check(history, k, exclude_history)
+            return checked.as_dict() if not hasattr(checked, "history") else await self.rank(checked)
+
+        @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+        async def rank(self, batch: list) -> list[dict]:
+            self.batches, self.requests = self.batches + 1, self.requests + len(batch)
+            return await asyncio.to_thread(self.model.rank, batch)
+
+    recommender = ServeBatchRecommender.options(**deployment_options(cfg.recommender)).bind(cfg.recommender)
+    ingress = GenrecAPI.options(max_ongoing_requests=cfg.ingress_max_ongoing_requests, ray_actor_options={"num_cpus": 0})
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(ingress.bind(cfg, recommender), name=cfg.app_name, route_prefix=cfg.route_prefix)
+    return f"http://{cfg.host}:{cfg.port}"
+
+
 def plain_server(port: int, overrides: list[str]) -> None:
     """The baseline: FastAPI + transformers in one process under uvicorn, no Ray."""
     import torch
@@ -158,17 +200,29 @@ async def run_level(url: str, bodies: list[dict], concurrency: int) -> dict:
             "errors": len(errors), "error_examples": errors[:3]}
 
 
+def batching_counts(url: str) -> dict | None:
+    """The Recommender's batch counters (/v1/models), or None for a server without them (plain)."""
+    import httpx
+
+    return httpx.get(f"{url}/v1/models", timeout=30).json()["recommender"].get("batching")
+
+
 def measure(url: str, bodies: list[dict], warmup: int) -> dict:
     asyncio.run(run_level(url, bodies[:warmup], 4))  # compile paths, fill caches; not counted
     counts = np.floor(np.array(SHARES) * len(bodies)).astype(int)
     counts[-1] = len(bodies) - counts[:-1].sum()
     levels, start = [], 0
     for concurrency, count in zip(LEVELS, counts):
+        before = batching_counts(url)
         levels.append(asyncio.run(run_level(url, bodies[start:start + count], concurrency)))
+        after = batching_counts(url)
+        if before is not None:  # requests per model call at this level alone
+            levels[-1]["mean_batch_size"] = ((after["requests"] - before["requests"])
+                                             / max(1, after["batches"] - before["batches"]))
         start += count
         print(f"  c={concurrency:2d}: {count} requests, {count / levels[-1]['wall_s']:.1f} req/s, "
-              f"p50 {np.percentile(levels[-1]['latencies'], 50) * 1e3:.0f} ms, errors {levels[-1]['errors']}",
-              flush=True)
+              f"p50 {np.percentile(levels[-1]['latencies'], 50) * 1e3:.0f} ms, errors {levels[-1]['errors']}"
+              + (f", mean batch {levels[-1]['mean_batch_size']:.1f}" if before is not None else ""), flush=True)
     every = np.concatenate([level["latencies"] for level in levels])
     summary = {"rps": len(every) / sum(level["wall_s"] for level in levels), **percentiles(every),
                "errors": int(sum(level["errors"] for level in levels)), "requests": int(len(every)),
@@ -176,13 +230,15 @@ def measure(url: str, bodies: list[dict], warmup: int) -> dict:
     for level in levels:
         summary["levels"][str(level["concurrency"])] = {
             "requests": level["requests"], "rps": level["requests"] / level["wall_s"],
-            **percentiles(np.array(level["latencies"])), "errors": level["errors"]}
+            **percentiles(np.array(level["latencies"])), "errors": level["errors"],
+            **({"mean_batch_size": level["mean_batch_size"]} if "mean_batch_size" in level else {})}
     return summary
 
 
 def model_only(args, bodies: list[dict]) -> dict:
     """ms per request of the beam search alone at batch 1, 4 and 16 (one torch thread, this process):
-    what batching can save before any HTTP is involved."""
+    what batching can save before any HTTP is involved. Every size ranks the same 16 requests (a
+    request's cost depends on its history and the titles its beams walk), in batches of that size."""
     import torch
 
     from genrec.config import ServeConfig
@@ -193,14 +249,15 @@ def model_only(args, bodies: list[dict]) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model = RecommenderModel(load_config(ServeConfig, None, serve_overrides(args, 8000)).recommender)
+    requests = [model.check(b["history"], b["k"], False) for b in bodies[:16]]
+    model.rank(requests)  # warm-up
     out = {}
     for size in (1, 4, 16):
-        batch = [model.check(b["history"], b["k"], False) for b in bodies[:size]]
-        model.rank(batch)  # warm-up
-        started, reps = time.perf_counter(), max(2, 32 // size)
-        for _ in range(reps):
-            model.rank(batch)
-        out[str(size)] = (time.perf_counter() - started) / reps / size * 1e3
+        started = time.perf_counter()
+        for _ in range(2):
+            for first in range(0, len(requests), size):
+                model.rank(requests[first:first + size])
+        out[str(size)] = (time.perf_counter() - started) / (2 * len(requests)) * 1e3
     torch.set_num_threads(threads)
     return out
 
@@ -238,7 +295,6 @@ def main() -> None:
         plain_server(args.plain_server, json.loads(os.environ["GENREC_PLAIN_OVERRIDES"]))
         return
 
-    import httpx
     import ray
     from ray import serve
 
@@ -254,15 +310,16 @@ def main() -> None:
     print("model only, ms per request by batch size:", results["model_only_ms_per_request"], flush=True)
 
     port = free_port()
-    for name, batch in (("batched", args.batch), ("unbatched", 1)):
+    for name, batch in (("batched", args.batch), ("serve.batch", args.batch), ("unbatched", 1)):
         overrides = serve_overrides(args, port) + [f"recommender.max_batch_size={batch}",
                                                    f"recommender.batch_wait_timeout_s={args.wait_ms / 1e3 if batch > 1 else 0}"]
         print(f"{name}: starting Serve", flush=True)
-        url = start_serve(load_config(ServeConfig, None, overrides))
+        cfg = load_config(ServeConfig, None, overrides)
+        url = start_serve_batch_app(cfg) if name == "serve.batch" else start_serve(cfg)
         wait_ready(url)
         results[name] = measure(url, bodies, args.warmup)
         # The replica counts the batches it formed: evidence that batching happened (or did not).
-        results[name]["batching"] = httpx.get(f"{url}/v1/models", timeout=30).json()["recommender"]["batching"]
+        results[name]["batching"] = batching_counts(url)
     serve.shutdown()
     ray.shutdown()  # the plain server gets the machine to itself, as the Serve runs did
 
@@ -284,37 +341,46 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "torch_threads_per_model_process": 1,
         "load_average_1min": {"start": load_at_start, "end": os.getloadavg()[0]},
     }
-    results["ratios"] = {"batched_over_plain_rps": results["batched"]["rps"] / results["plain"]["rps"],
-                         "batched_over_unbatched_rps": results["batched"]["rps"] / results["unbatched"]["rps"]}
+    results["batched_rps_over"] = {name: results["batched"]["rps"] / results[name]["rps"]
+                                   for name in ("serve.batch", "unbatched", "plain")}
     print(write_results(args.out, results, render_markdown))
+
+
+SERVERS = ("batched", "serve.batch", "unbatched", "plain")
 
 
 def render_markdown(results: dict) -> str:
     setup = results["setup"]
+    servers = [name for name in SERVERS if name in results]
     lines = [
         "# Serving load: POST /v1/recommend on loopback", "",
         generated_by("python bench/serve_load.py --render"), "",
         f"{setup['requests_per_server']} requests per server over concurrency {setup['levels']}; k={setup['k']}, "
         f"{setup['num_beams']} beams, {setup['catalog_items']} catalog items; {setup['model']}; "
-        f"{setup['machine']}, one torch thread per model process. Batched: max_batch_size "
-        f"{setup['batched']['max_batch_size']}, wait {setup['batched']['batch_wait_timeout_ms']} ms. "
-        f"Load average (1 min) at start / end: {setup['load_average_1min']['start']:.1f} / "
-        f"{setup['load_average_1min']['end']:.1f} (other jobs share the machine: compare rows of one run only).", "",
+        f"{setup['machine']}, one torch thread per model process. Batched (genrec's Batcher) and serve.batch "
+        f"(Ray Serve's @serve.batch): max_batch_size {setup['batched']['max_batch_size']}, wait "
+        f"{setup['batched']['batch_wait_timeout_ms']} ms. Load average (1 min) at start / end: "
+        f"{setup['load_average_1min']['start']:.1f} / {setup['load_average_1min']['end']:.1f} "
+        "(other jobs share the machine: compare rows of one run only).", "",
     ]
-    lines += table(["server", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"],
-                   [[name, f"{r['rps']:.1f}", f"{r['p50_ms']:.0f}", f"{r['p95_ms']:.0f}", f"{r['p99_ms']:.0f}", r["errors"]]
-                    for name, r in ((n, results[n]) for n in ("batched", "unbatched", "plain"))])
-    mean = results["batched"]["batching"]["mean_batch_size"]
-    lines += ["", f"Mean batch the batched Recommender formed (warm-up included): {mean:.2f} requests.", "",
-              "Beam search alone, ms per request by batch size (no HTTP): " + ", ".join(
-                  f"{size}: {ms:.1f}" for size, ms in results["model_only_ms_per_request"].items()) + "."]
-    lines += ["", f"batched / plain throughput: {results['ratios']['batched_over_plain_rps']:.2f}x; "
-              f"batched / unbatched: {results['ratios']['batched_over_unbatched_rps']:.2f}x", "",
-              "Per concurrency level (req/s, p50 ms, p99 ms):", ""]
-    lines += table(["concurrency", "batched", "unbatched", "plain"],
-                   [[level] + [f"{results[n]['levels'][level]['rps']:.1f}, {results[n]['levels'][level]['p50_ms']:.0f}, "
-                               f"{results[n]['levels'][level]['p99_ms']:.0f}" for n in ("batched", "unbatched", "plain")]
-                    for level in map(str, setup["levels"])], "rlll")
+    lines += table(["server", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "mean batch"],
+                   [[name, f"{r['rps']:.1f}", f"{r['p50_ms']:.0f}", f"{r['p95_ms']:.0f}", f"{r['p99_ms']:.0f}", r["errors"],
+                     f"{r['batching']['mean_batch_size']:.2f}" if r.get("batching") else ""]
+                    for name, r in ((n, results[n]) for n in servers)])
+    lines += ["", "Mean batch: requests per model call over the whole run, warm-up included.", "",
+              "Beam search alone, ms per request by batch size (no HTTP; the same 16 requests at each size): "
+              + ", ".join(f"{size}: {ms:.1f}" for size, ms in results["model_only_ms_per_request"].items()) + "."]
+    lines += ["", "Throughput, batched / " + "; batched / ".join(
+        f"{name}: {ratio:.2f}x" for name, ratio in results["batched_rps_over"].items()),
+        "", "Per concurrency level (req/s, p50 ms, p99 ms; mean batch where the server batches):", ""]
+
+    def cell(name: str, level: str) -> str:
+        r = results[name]["levels"][level]
+        return f"{r['rps']:.1f}, {r['p50_ms']:.0f}, {r['p99_ms']:.0f}" + (
+            f"; {r['mean_batch_size']:.1f}" if "mean_batch_size" in r and name != "unbatched" else "")
+
+    lines += table(["concurrency", *servers], [[level] + [cell(name, level) for name in servers]
+                                                for level in map(str, setup["levels"])], "r" + "l" * len(servers))
     return "\n".join(lines) + "\n"
 
 

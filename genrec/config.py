@@ -548,8 +548,9 @@ class DeploymentSettings(Config):
     target_ongoing_requests: float = field(2.0, "autoscaling: requests in flight per replica that Serve aims at", gt=0)
     max_ongoing_requests: int = field(64, "requests one replica holds at once (queued in its batcher or running); "
                                       "Serve queues or refuses (503) the rest; at least max_batch_size")
-    max_batch_size: int = field(8, "requests @serve.batch groups into one model call (1 = no batching)", ge=1)
-    batch_wait_timeout_s: float = field(0.005, "how long the batcher waits for a batch to fill", ge=0)
+    max_batch_size: int = field(8, "requests grouped into one model call (1 = no batching)", ge=1)
+    batch_wait_timeout_s: float = field(0.005, "how long an idle model waits after a request for more to batch "
+                                        "(a busy one batches what queued meanwhile)", ge=0)
     num_cpus: float = field(1.0, "CPUs reserved per replica", ge=0)
     use_gpu: bool = field(False, "one GPU per replica (bf16 where the model loads so)")
 

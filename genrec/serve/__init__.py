@@ -3,6 +3,7 @@
 api.py          the FastAPI app (routes, request schemas, errors, limits); Ray only in HandleBackend
 recommender.py  RecommenderModel: checkpoint + catalog trie, constrained beam search for a batch
 girl.py         JobGeneratorModel (CV -> JD) and JobMatcherModel (reward score, JobRecommender)
-deployments.py  the Ray Serve deployments (@serve.batch, autoscaling) and the app builders
+batching.py     Batcher: concurrent requests into one model call, the next batch formed when the model is free
+deployments.py  the Ray Serve deployments (batching, autoscaling) and the app builders
 launch.py       `genrec serve`: start Serve on host:port and run the app
 """

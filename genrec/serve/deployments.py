@@ -1,10 +1,10 @@
 """Ray Serve deployments: Recommender, JobGenerator and JobMatcher behind the GenrecAPI ingress.
 
 Each model deployment loads its model once per replica (in __init__) and groups concurrent requests
-into one model call with `@serve.batch`; the batch size and wait come from the config through
-Serve's `user_config`, so `reconfigure` also applies them when a Serve config file changes them on a
-running app. The model call runs in a worker thread, so the replica keeps accepting (and batching)
-requests while the model computes.
+into one model call with a `Batcher` (genrec/serve/batching.py: the next batch forms when the model is
+free); the batch size and wait come from the config through Serve's `user_config`, so `reconfigure`
+also applies them when a Serve config file changes them on a running app. The model call runs in a
+worker thread, so the replica keeps accepting (and batching) requests while the model computes.
 
 `build_app` is the application builder for `serve run genrec.serve.deployments:build_app
 config=configs/serve.yaml` and for Serve config files (configs/serve_run.yaml); `genrec serve` calls
@@ -21,32 +21,25 @@ from genrec.config import DeploymentSettings, ServeConfig
 
 from genrec.config_loader import load_config
 from genrec.serve.api import Backends, HandleBackend, create_api
+from genrec.serve.batching import Batcher
 
 
 class BatchedModel:
-    """Shared by the model deployments: batch settings from user_config, a ping for /healthz."""
+    """Shared by the model deployments: a Batcher per batched model call (genrec/serve/batching.py),
+    its settings from user_config, a ping for /healthz."""
 
-    batch_calls = 0  # batches formed, and the requests in them: /v1/models shows whether batching happens
-    batched_requests = 0
+    batchers: list[Batcher]
 
     def reconfigure(self, user_config: dict) -> None:
-        self.batching = {"max_batch_size": int(user_config["max_batch_size"]),
-                         "batch_wait_timeout_s": float(user_config["batch_wait_timeout_s"])}
-        for method in self.batched_methods:
-            method.set_max_batch_size(self.batching["max_batch_size"])
-            method.set_batch_wait_timeout_s(self.batching["batch_wait_timeout_s"])
+        for batcher in self.batchers:
+            batcher.configure(int(user_config["max_batch_size"]), float(user_config["batch_wait_timeout_s"]))
 
     def ping(self) -> bool:
         return True
 
     def info(self) -> dict:
-        calls, requests = self.batch_calls, self.batched_requests
-        return dict(self.model.info(), batching=dict(self.batching, batches=calls, requests=requests,
-                                                     mean_batch_size=requests / calls if calls else None))
-
-    def count_batch(self, size: int) -> None:
-        self.batch_calls += 1
-        self.batched_requests += size
+        # the batches formed and the requests in them: /v1/models shows whether batching happens
+        return dict(self.model.info(), batching=self.batchers[0].stats())
 
 
 @serve.deployment
@@ -55,18 +48,14 @@ class Recommender(BatchedModel):
         from genrec.serve.recommender import RecommenderModel
 
         self.model = RecommenderModel(cfg)
-        self.batched_methods = [self.rank]
+        self.rank = Batcher(self.model.rank, cfg.max_batch_size, cfg.batch_wait_timeout_s)
+        self.batchers = [self.rank]
 
     async def recommend(self, history: list, k: int, exclude_history: bool) -> dict:
         checked = self.model.check(history, k, exclude_history)
         if not hasattr(checked, "history"):  # a Rejection: answered without touching the model
             return checked.as_dict()
         return await self.rank(checked)
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def rank(self, batch: list) -> list[dict]:
-        self.count_batch(len(batch))
-        return await asyncio.to_thread(self.model.rank, batch)
 
 
 @serve.deployment
@@ -75,15 +64,10 @@ class JobGenerator(BatchedModel):
         from genrec.serve.girl import JobGeneratorModel
 
         self.model = JobGeneratorModel(cfg)
-        self.batched_methods = [self._generate]
+        self.batchers = [Batcher(self.model.generate, cfg.max_batch_size, cfg.batch_wait_timeout_s)]
 
     async def generate(self, cv: str, max_new_tokens: int, temperature: float) -> str:
-        return await self._generate((cv, max_new_tokens, temperature))
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def _generate(self, batch: list) -> list[str]:
-        self.count_batch(len(batch))
-        return await asyncio.to_thread(self.model.generate, batch)
+        return await self.batchers[0]((cv, max_new_tokens, temperature))
 
 
 @serve.deployment
@@ -92,15 +76,10 @@ class JobMatcher(BatchedModel):
         from genrec.serve.girl import JobMatcherModel
 
         self.model = JobMatcherModel(cfg)
-        self.batched_methods = [self._score]
+        self.batchers = [Batcher(self.model.score, cfg.max_batch_size, cfg.batch_wait_timeout_s)]
 
     async def score(self, cv: str, jd: str) -> float:
-        return await self._score((cv, jd))
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def _score(self, batch: list) -> list[float]:
-        self.count_batch(len(batch))
-        return await asyncio.to_thread(self.model.score, batch)
+        return await self.batchers[0]((cv, jd))
 
     async def recommend(self, cv: str, k: int) -> list[dict]:
         # JobRecommender ranks one CV per call (generate -> retrieve -> rerank): no batch to form.
