@@ -258,7 +258,7 @@ class EvaluateJobsConfig(Config):
 class SFTConfig(Config):
     """Supervised fine-tuning on token shards: next-token loss on response tokens only."""
 
-    INPUT_PATHS: typing.ClassVar[tuple[str, ...]] = ("data_dir", "model")
+    INPUT_PATHS: typing.ClassVar[tuple[str, ...]] = ("data_dir", "model", "item_init")
     RENAMED = {**TINY_RENAMED, **LORA_RENAMED, **RAY_TRAIN_RENAMED}
 
     data_dir: str = field("runs/prepared", "prepared prompts from `genrec prepare`: train/ valid/ catalog.parquet")
@@ -294,6 +294,13 @@ class SFTConfig(Config):
         "an ID embedding beside every history title and predicts the next item's token (loss on it alone), and "
         "evaluation/serving rank the catalog by one softmax over the item tokens (no beam search). Full "
         "fine-tuning only (the new embedding rows must train: lora.enabled=false)",
+    )
+    item_init: str = field(
+        "random",
+        "item_tokens: where the item tokens' embeddings start. random (the model's own init), or a text encoder "
+        "(minilm, a causal-LM preset such as smollm2-135m, an HF path): each catalog title mean-pooled by it, "
+        "projected to the model width by PCA and scaled to the embedding's init, computed once per catalog "
+        "with Ray Data and cached beside it (genrec/models/item_init.py)",
     )
     pack_len: int = field(
         0,
@@ -340,6 +347,8 @@ class SFTConfig(Config):
         if self.item_tokens and self.format == "prompt":
             raise ConfigError("item_tokens: needs format=sequence (each item written as its token, title and eos) "
                               "or format=item_ids (its token alone)")
+        if self.item_init != "random" and not self.item_tokens:
+            raise ConfigError(f"item_init: {self.item_init!r} sets the item tokens' embeddings; needs item_tokens=true")
         if self.valid_rank_users and not self.item_tokens:
             raise ConfigError("valid_rank_users: ranks by the item tokens; needs item_tokens=true")
         if self.format == "item_ids" and not self.item_tokens:

@@ -55,11 +55,16 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None, keep_checkpoints: i
     cfg, out = common.start_run(cfg)
     tokenizer_dir = build_tokenizer(cfg, out)
     token_dirs = tokenize_splits(cfg, out, tokenizer_dir)
+    item_vectors = None
+    if cfg.item_init != "random":
+        from genrec.models.item_init import title_vectors
+
+        item_vectors = str(title_vectors(cfg.data_dir, cfg.item_init))
 
     trainer = common.torch_trainer(
         sft_worker,
         {"cfg": dataclasses.asdict(cfg), "out": str(out), "tokenizer_dir": str(tokenizer_dir),
-         "tokens": {k: str(v) for k, v in token_dirs.items()}},
+         "tokens": {k: str(v) for k, v in token_dirs.items()}, "item_vectors": item_vectors},
         cfg.ray_train, cfg.run_name or out.name, out / "ray", callbacks, keep_checkpoints,
     )
     result = trainer.fit()
@@ -147,8 +152,13 @@ def sft_worker(ctx: dict) -> None:
 
     tokenizer = load_tokenizer(tokenizer_dir)
     torch.manual_seed(cfg.seed)  # LoRA adapters are initialised from the global generator
-    model = build_model(cfg, tokenizer).to(device)
-    model = wrap_model(model, cfg, world_size)
+    model = build_model(cfg, tokenizer)
+    if ctx.get("item_vectors"):  # a resumed run then loads its trained rows over these
+        from genrec.models.item_init import init_item_embeddings
+
+        log.info("item_init: %d item token rows from %s", init_item_embeddings(model, tokenizer, ctx["item_vectors"]),
+                 ctx["item_vectors"])
+    model = wrap_model(model.to(device), cfg, world_size)
     train_rows = load_rows(ctx["tokens"]["train"])
     valid_rows = load_rows(ctx["tokens"]["valid"], cfg.valid_rows) if "valid" in ctx["tokens"] else None
 
