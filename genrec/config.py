@@ -299,7 +299,7 @@ class SFTConfig(Config):
         "random",
         "item_tokens: where the item tokens' embeddings start. random (the model's own init), or a text encoder "
         "(minilm, a causal-LM preset such as smollm2-135m, an HF path): each catalog title mean-pooled by it, "
-        "projected to the model width by PCA and scaled to the embedding's init, computed once per catalog "
+        "projected to the model width by PCA and scaled to the other tokens' rows, computed once per catalog "
         "with Ray Data and cached beside it (genrec/models/item_init.py)",
     )
     pack_len: int = field(
