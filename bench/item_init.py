@@ -4,14 +4,16 @@ target item is seen fewer than 5 times in training).
 
     python bench/item_init.py                                  # ML-100K; writes bench/results/item_init.{json,md}
     python bench/item_init.py --inits random,minilm --epochs 20 --seeds 0
-    python bench/item_init.py --render
+    python bench/item_init.py --data toys --inits minilm,random   # bench/results/item_init_toys.{json,md}
+    python bench/item_init.py --render                         # every item_init*.md from its JSON
 
-Per data set: `genrec prepare` (configs/prepare_ml100k.yaml, samples_per_user=1, history_len=50)
-into bench/work/item_init/<data>/prepared, then for each init and seed `genrec train-sft`
-(format=item_ids, item_tokens=true, the recipe below; best checkpoint by validation HR@10 over
-every validation user) and `genrec evaluate` on the test split (every user, full ranking by one
-softmax over the item tokens). Counts of the long tail come from the training parts, as the
-most-popular baseline counts (genrec.rec.baselines).
+Per data set: `genrec prepare` (ML-100K: configs/prepare_ml100k.yaml with samples_per_user=1 and
+history_len=50; Toys: configs/prepare_toys_sequence.yaml) into bench/work/item_init/<data>/prepared,
+then for each init and seed `genrec train-sft` (format=item_ids, item_tokens=true; ML-100K: the
+RECIPE below, Toys: configs/sft_toys_item_ids.yaml; best checkpoint by validation HR@10 over every
+validation user) and `genrec evaluate` on the test split (every user, full ranking by one softmax
+over the item tokens). Counts of the long tail come from the training parts, as the most-popular
+baseline counts (genrec.rec.baselines).
 """
 from __future__ import annotations
 
@@ -34,19 +36,41 @@ RECIPE = dict(model="tiny", format="item_ids", item_tokens=True, max_len=128, mi
               ray_train=dict(num_workers=1, cpus_per_worker=2))
 
 
+# data set -> (its prepare config and overrides, its SFT config: None for RECIPE)
+DATA = {
+    "ml100k": ("prepare_ml100k.yaml", ["samples_per_user=1", "history_len=50"], None),
+    "toys": ("prepare_toys_sequence.yaml", [], "sft_toys_item_ids.yaml"),
+}
+
+
+def results_path(data: str) -> Path:
+    return RESULTS / ("item_init.json" if data == "ml100k" else f"item_init_{data}.json")
+
+
+def recipe_of(data: str) -> dict:
+    """The SFT settings every init of `data` trains with (data_dir, out_dir and item_init set per run)."""
+    sft_config = DATA[data][2]
+    if sft_config is None:
+        return dict(RECIPE)
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "configs" / sft_config).read_text())
+    return {k: v for k, v in recipe.items() if k not in ("data_dir", "out_dir")}
+
+
 def prepare_data(data: str) -> Path:
     from genrec.config import PrepareConfig
     from genrec.config_loader import load_config
     from genrec.data.prepare import prepare
 
+    config, overrides, _ = DATA[data]
     target = OUT / data / "prepared"
     if not (target / "stats.json").exists():
-        prepare(load_config(PrepareConfig, ROOT / "configs" / f"prepare_{data}.yaml",
-                            [f"out_dir={target}", "samples_per_user=1", "history_len=50"]))
+        prepare(load_config(PrepareConfig, ROOT / "configs" / config, [f"out_dir={target}", *overrides]))
     return target
 
 
-def train_and_evaluate(prepared: Path, init: str, seed: int, epochs: int, eval_every: int) -> dict:
+def train_and_evaluate(prepared: Path, recipe: dict, init: str, seed: int) -> dict:
     from genrec.config import EvaluateConfig, SFTConfig
     from genrec.config_loader import from_dict
     from genrec.rec.evaluate import evaluate
@@ -56,11 +80,11 @@ def train_and_evaluate(prepared: Path, init: str, seed: int, epochs: int, eval_e
     started = time.perf_counter()
     if not (run / "sft" / "best" / "genrec.json").exists():
         users = len(pq.read_table(prepared / "valid", columns=["user_id"]))
-        train_sft(from_dict(SFTConfig, dict(RECIPE, data_dir=str(prepared), out_dir=str(run / "sft"), item_init=init,
-                                            seed=seed, epochs=epochs, eval_every=eval_every, valid_rank_users=users)))
+        train_sft(from_dict(SFTConfig, dict(recipe, data_dir=str(prepared), out_dir=str(run / "sft"), item_init=init,
+                                            seed=seed, valid_rank_users=users)))
     train_s = time.perf_counter() - started
     report = evaluate(EvaluateConfig(data_dir=str(prepared), checkpoint_dir=str(run / "sft" / "best"), split="test",
-                                     out_dir=str(run / "eval"), ks=[10], top_k=10, max_len=RECIPE["max_len"]))
+                                     out_dir=str(run / "eval"), ks=[10], top_k=10, max_len=recipe["max_len"]))
     best = json.loads((run / "sft" / "best" / "genrec.json").read_text())["metrics"]
     return {"init": init, "seed": seed, "train_s": train_s, "best_step": best.get("step"),
             "valid_hr@10": best.get("valid_hr@10"), **split_metrics(prepared, run / "eval" / "per_user.parquet"),
@@ -88,23 +112,27 @@ def split_metrics(prepared: Path, per_user_path: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="ml100k")
+    parser.add_argument("--data", default="ml100k", choices=sorted(DATA))
     parser.add_argument("--inits", default="random,minilm,smollm2-135m")
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--eval-every", type=int, default=100)
-    add_render_flag(parser, "bench/results/item_init.md")
+    parser.add_argument("--epochs", type=int, help="default: 60 on ML-100K, the SFT config's on Toys")
+    parser.add_argument("--eval-every", type=int, help="default: 100 on ML-100K, the SFT config's on Toys")
+    add_render_flag(parser, "bench/results/item_init*.md")
     args = parser.parse_args()
-    path = RESULTS / "item_init.json"
     if args.render:
-        render_results(path, render_markdown)
+        for path in sorted(RESULTS.glob("item_init*.json")):
+            render_results(path, render_markdown)
         return
     from genrec.runtime import init_ray
 
     init_ray()
+    path = results_path(args.data)
     prepared = prepare_data(args.data)
-    recipe = dict(RECIPE, epochs=args.epochs, eval_every=args.eval_every)
-    rows = [train_and_evaluate(prepared, init, int(seed), args.epochs, args.eval_every)
+    recipe = recipe_of(args.data)
+    if DATA[args.data][2] is None:
+        recipe.update(epochs=60, eval_every=100)
+    recipe.update({k: v for k, v in (("epochs", args.epochs), ("eval_every", args.eval_every)) if v is not None})
+    rows = [train_and_evaluate(prepared, recipe, init, int(seed))
             for seed in args.seeds.split(",") for init in args.inits.split(",")]
     if path.exists():  # rows of earlier runs with the same data and recipe stay, the new ones replace theirs
         earlier = json.loads(path.read_text())

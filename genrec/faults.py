@@ -5,15 +5,21 @@ train-reward: a Ray Train worker) or {"crash_at_iteration": 3} (ppo: rollout wor
 process exits there once, as a crash would. The marker `<out_dir>/.failed_once` (holding the step or
 iteration) keeps the restarted worker, and a rerun of the same out_dir, from dying again, so a
 test can check that Ray restarts the worker and that the run resumes from its last checkpoint.
+
+{"hold_at_step": 6} (train-sft) makes every worker wait at that step, once, for up to HOLD_S
+seconds: time for a test to kill a node under a run that is known to be mid-way.
 """
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+from typing import Callable
 
 FAULTS_FILE = "faults.json"
 FAILED_ONCE = ".failed_once"
+HOLD_S = 600.0
 
 
 def plan_crash(out_dir: str | Path, **where: int) -> None:
@@ -33,3 +39,12 @@ def crash_once(out_dir: str | Path, key: str, position: int) -> None:
     if crash_planned(out_dir, key, position):
         (Path(out_dir) / FAILED_ONCE).write_text(str(position))
         os._exit(1)
+
+
+def hold_once(out_dir: str | Path, key: str, position: int, marked: Callable[[], None] = lambda: None) -> None:
+    """Wait here for up to HOLD_S seconds if faults.json plans a hold at `key` == position that has not
+    happened yet. `marked` runs once the marker is written (a remote out_dir pushes it there)."""
+    if crash_planned(out_dir, key, position):
+        (Path(out_dir) / FAILED_ONCE).write_text(str(position))
+        marked()
+        time.sleep(HOLD_S)

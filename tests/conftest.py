@@ -25,6 +25,21 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3-compatible server (moto) on 127.0.0.1 with one bucket, `genrec`; yields the environment a
+    client needs to reach it (AWS_ENDPOINT_URL and test credentials)."""
+    from ray_nodes import create_bucket, start_s3_server
+
+    server, env = start_s3_server()
+    try:
+        create_bucket(env, "genrec")
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def live_placement_groups() -> dict:
     import ray
 

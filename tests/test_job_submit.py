@@ -1,115 +1,30 @@
-"""`ray job submit` and JobSubmissionClient against a separate local Ray head on 127.0.0.1.
-
-The head gets its own free ports and its own temp dir, so it shares nothing with the test session's
-Ray (the `ray_session` fixture) or any other Ray on the machine; it is stopped by killing the
-processes that run under its temp dir (never `ray stop`, which stops every Ray on the machine).
-"""
+"""`ray job submit` and JobSubmissionClient against a separate local Ray head on 127.0.0.1
+(tests/ray_nodes.py: its own ports and temp dir, nothing shared with the test session's Ray)."""
 import json
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from genrec.report import read_jsonl, sft_loss, write_report
+from ray_nodes import JOB_TIMEOUT_S as TIMEOUT_S
+from ray_nodes import RAY, node_env, start_node, stop_node, wait_for_job, wait_for_job_server
 
 ROOT = Path(__file__).resolve().parents[1]
-RAY = str(Path(sys.executable).parent / "ray")
 # What a working-dir upload must leave behind (also documented in the README's runtime_env).
 EXCLUDES = [".venv", "runs", "bench/work", ".git", ".whl", "**/__pycache__", "*.egg-info", ".pytest_cache"]
-TIMEOUT_S = 600
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def head_processes(temp_dir: str) -> list[psutil.Process]:
-    """The processes of the head started under temp_dir, with their children (the workers)."""
-    found = {}
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(temp_dir in part for part in proc.info["cmdline"] or []):
-                found[proc.pid] = proc
-                for child in proc.children(recursive=True):
-                    found[child.pid] = child
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return list(found.values())
-
-
-def stop_head(temp_dir: str) -> None:
-    procs = head_processes(temp_dir)
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=5)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=10)
 
 
 @pytest.fixture(scope="module")
 def head():
     """A Ray head on 127.0.0.1 with a dashboard (the job server); yields its http address."""
-    temp_dir = tempfile.mkdtemp(prefix="rjs", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
-    dashboard = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    # Ray's token auth is on by default, but this process's clients send no token unless told to:
-    # the head listens on loopback only, so the test runs it without (README shows the token route).
-    env["RAY_AUTH_MODE"] = "disabled"
-    command = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-               "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-               f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-               f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-               f"--metrics-export-port={free_port()}", f"--node-manager-port={free_port()}",
-               f"--object-manager-port={free_port()}", "--num-cpus=2", f"--temp-dir={temp_dir}",
-               "--disable-usage-stats"]
+    node = start_node(num_cpus=2)
     try:
-        started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-        assert started.returncode == 0, started.stdout + started.stderr
-        address = f"http://127.0.0.1:{dashboard}"
-        client = wait_for_job_server(address)
-        yield {"address": address, "client": client, "env": env, "temp_dir": temp_dir}
+        yield {"address": node["address"], "client": wait_for_job_server(node["address"]), "env": node_env(),
+               "temp_dir": node["temp_dir"]}
     finally:
-        stop_head(temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def wait_for_job_server(address: str, timeout_s: float = 90):
-    from ray.job_submission import JobSubmissionClient
-
-    deadline = time.time() + timeout_s
-    while True:
-        try:
-            return JobSubmissionClient(address)
-        except OSError:  # refused or 5xx: the dashboard takes a few seconds after `ray start` returns
-            if time.time() > deadline:
-                raise
-            time.sleep(1)
-
-
-def wait_for_job(client, job_id: str) -> str:
-    from ray.job_submission import JobStatus
-
-    deadline = time.time() + TIMEOUT_S
-    while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.time() < deadline, f"job {job_id} still {status} after {TIMEOUT_S} s"
-        time.sleep(1)
-    return status
+        stop_node(node["temp_dir"])
 
 
 def test_prepare_with_the_cli_then_sft_with_the_client_on_a_separate_head(head, tmp_path):

@@ -31,6 +31,7 @@ from genrec.config_loader import save_config
 from genrec.data.templates import get_template
 from genrec.rec.metrics import catalog_coverage, ranking_metrics
 from genrec.runtime import init_ray
+from genrec.storage import Mirror, fetch, fetch_file, join
 
 log = logging.getLogger("genrec.evaluate")
 
@@ -46,6 +47,7 @@ class RankUsers:
         from genrec.rec.trie import CatalogTrie
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        checkpoint, catalog_path = str(fetch(checkpoint)), str(fetch_file(catalog_path))  # this node's copies
         self.model, self.tokenizer, meta = load_checkpoint(checkpoint, device=device)
         self.model.eval()
         trained = meta.get("config", {})
@@ -137,9 +139,10 @@ class RankUsers:
 
 
 def evaluate(cfg: EvaluateConfig) -> dict:
-    """Rank the split's users, score them, and write the report; returns the report."""
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Rank the split's users, score them, and write the report; returns the report. data_dir,
+    checkpoint_dir and out_dir may be object-store URIs (genrec/storage.py)."""
+    out_dir = Mirror(cfg.out_dir)
+    out = out_dir.local
     save_config(cfg, out / "config.yaml")
     started = time.time()
     if cfg.model != "checkpoint":
@@ -149,6 +152,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     report["wall_s"] = round(time.time() - started, 2)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(markdown_report(report))
+    out_dir.push(*[name for name in ("config.yaml", "per_user.parquet", "report.md", "report.json") if (out / name).exists()])
     log.info("evaluate %s: %s", cfg.model, {k: v for k, v in report["metrics"].items() if k in ("hr@10", "ndcg@10")})
     return report
 
@@ -159,7 +163,7 @@ def _evaluate_baseline(cfg: EvaluateConfig) -> dict:
     if cfg.split != "test":
         raise ValueError("split: baselines are scored on the test split")
     config = SASRecConfig(epochs=cfg.sasrec_epochs, seed=cfg.seed) if cfg.model == "sasrec" else None
-    result = evaluate_baseline(cfg.data_dir, cfg.model, ks=tuple(cfg.ks), config=config,
+    result = evaluate_baseline(fetch(cfg.data_dir), cfg.model, ks=tuple(cfg.ks), config=config,
                                exclude_history=cfg.exclude_history)
     return {"model": cfg.model, "split": "test", "users": result["users"], "metrics": result["test"],
             "hallucination_rate": 0.0, "train_s": result["train_s"]}
@@ -167,7 +171,7 @@ def _evaluate_baseline(cfg: EvaluateConfig) -> dict:
 
 def _evaluate_generative(cfg: EvaluateConfig, out: Path) -> dict:
     init_ray()
-    data = Path(cfg.data_dir)
+    data = fetch(cfg.data_dir)
     rows = pq.read_table(data / cfg.split).sort_by("user_id")
     if cfg.max_users and rows.num_rows > cfg.max_users:
         rows = rows.slice(0, cfg.max_users)  # the same users on every run
@@ -175,7 +179,7 @@ def _evaluate_generative(cfg: EvaluateConfig, out: Path) -> dict:
     use_gpu = bool(ray.cluster_resources().get("GPU", 0))
     ranked = ray.data.from_arrow(rows).map_batches(
         RankUsers,
-        fn_constructor_args=(cfg.checkpoint_dir, str(data / "catalog.parquet"), cfg),
+        fn_constructor_args=(cfg.checkpoint_dir, join(cfg.data_dir, "catalog.parquet"), cfg),
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
@@ -219,7 +223,7 @@ RANKINGS = {
 def ranking_method(cfg: EvaluateConfig) -> dict:
     """How the ranking was made, as it ran: an item_tokens checkpoint ranks by one softmax over its
     item tokens (no beams, whatever decoding and num_beams say); any other writes titles."""
-    meta = json.loads((Path(cfg.checkpoint_dir) / "genrec.json").read_text())
+    meta = json.loads((fetch(cfg.checkpoint_dir) / "genrec.json").read_text())
     if meta.get("config", {}).get("item_tokens"):
         return {"ranking": "item ids: one softmax over the catalog's item tokens"}
     return {"ranking": RANKINGS[cfg.decoding], "decoding": cfg.decoding, "num_beams": cfg.num_beams}

@@ -8,9 +8,10 @@
     restore_training_state       trainer's own entries (weights, data position, ...)
     save_state, load_state       one state file, written atomically
     start_run, torch_trainer     the driver's side of an SFT or reward run on Ray Train
-    report_to_ray, reported_state, crash_if_planned
-                                 the worker's side of it: report metrics and checkpoints, find the
-                                 checkpoint to resume from, the crash a test plans (genrec/faults.py)
+    worker_logging, report_to_ray, reported_state, crash_if_planned
+                                 the worker's side of it: its log lines, report metrics and
+                                 checkpoints, find the checkpoint to resume from, the crash a test
+                                 plans (genrec/faults.py)
 
 The module imports Ray only inside the functions that need it, so the loops that use it still run
 where Ray is absent (unit tests, benchmarks).
@@ -18,6 +19,7 @@ where Ray is absent (unit tests, benchmarks).
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import random
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genrec.faults import crash_once, crash_planned
+from genrec.faults import FAILED_ONCE, crash_once, crash_planned, hold_once
 
 # Ray Train's controller polls workers this often; genrec.runtime lowers it for local sessions.
 HEALTH_CHECK_INTERVAL_S = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0))
@@ -142,21 +144,23 @@ def load_state(path: str | Path) -> dict:
 
 # ------------------------------------------------------------------------------------ Ray Train
 def start_run(cfg):
-    """(cfg, out_dir) of an SFT or reward run: Ray started or joined, out_dir created, the input
-    paths made absolute for the workers (genrec.runtime.for_train_workers) and the config saved
-    in out_dir/config.yaml."""
+    """(cfg, out_dir) of an SFT or reward run: Ray started or joined, out_dir created (a
+    genrec.storage.Mirror: a local folder, or an object-store URI and this node's copy of it), the
+    input paths made absolute for the workers (genrec.runtime.for_train_workers) and the config
+    saved in out_dir/config.yaml."""
     from genrec.config_loader import save_config
     from genrec.runtime import for_train_workers, init_ray
+    from genrec.storage import Mirror, is_uri
 
     init_ray()
-    out = Path(cfg.out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out_dir = Mirror(cfg.out_dir if is_uri(cfg.out_dir) else Path(cfg.out_dir).resolve())
     cfg = for_train_workers(cfg)
-    save_config(cfg, out / "config.yaml")
-    return cfg, out
+    save_config(cfg, out_dir.local / "config.yaml")
+    out_dir.push("config.yaml")
+    return cfg, out_dir
 
 
-def torch_trainer(train_loop_per_worker, loop_config: dict, workers, run_name: str, storage_path: Path,
+def torch_trainer(train_loop_per_worker, loop_config: dict, workers, run_name: str, storage_path: str | Path,
                   callbacks: list | None = None, keep_checkpoints: int = 2):
     """The TorchTrainer of an SFT or a reward run. `workers` is the stage's config.RayTrain section
     (num_workers, cpus_per_worker, use_gpu, max_failures). Ray Train V2 restores a run by its
@@ -181,6 +185,18 @@ def torch_trainer(train_loop_per_worker, loop_config: dict, workers, run_name: s
             callbacks=callbacks,
         ),
     )
+
+
+def worker_logging() -> None:
+    """genrec's INFO lines (the checkpoint a worker resumes from, ...) on this worker's stderr, which Ray
+    forwards to the driver and the job log. Ray Train workers start with Python's default logging:
+    warnings only."""
+    logger = logging.getLogger("genrec")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def report_to_ray(metrics: dict, state: dict | None, state_file: str, rank: int,
@@ -212,14 +228,18 @@ def reported_state(state_file: str) -> tuple[dict | None, str | None]:
         return load_state(Path(path) / state_file), checkpoint.path
 
 
-def crash_if_planned(out: Path, step: int) -> None:
+def crash_if_planned(out_dir, step: int) -> None:
     """Exit this Ray Train worker at `step` when a test planned a crash there (genrec/faults.py
-    crash_at_step), as a crash would.
+    crash_at_step), as a crash would; or wait there (hold_at_step) while the test kills a node.
+    `out_dir` is the run's folder or its genrec.storage.Mirror.
 
     It first waits for Ray Train's controller to collect the reports made so far (it polls
     workers every HEALTH_CHECK_INTERVAL_S): a worker that dies sooner loses its last report,
     checkpoint included, and the run restarts from the one before, which would test nothing.
     """
+    out = getattr(out_dir, "local", out_dir)
     if crash_planned(out, "crash_at_step", step):
         time.sleep(3 * HEALTH_CHECK_INTERVAL_S)
         crash_once(out, "crash_at_step", step)
+    push = getattr(out_dir, "push", lambda name: None)
+    hold_once(out, "hold_at_step", step, marked=lambda: push(FAILED_ONCE))

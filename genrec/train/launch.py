@@ -9,6 +9,10 @@
 
 Rerunning with the same out_dir resumes from the last checkpoint (Ray Train V2 restores a run by
 its storage path and name); a worker that dies is restarted from it (FailureConfig).
+
+data_dir and out_dir may be object-store URIs (genrec/storage.py): the driver and each worker work
+on their node's mirror of both, and push the tokenizer, the token shards, the metrics log and the
+best and final models as each is written; Ray Train keeps its checkpoints under <out_dir>/ray there.
 """
 from __future__ import annotations
 
@@ -26,11 +30,13 @@ import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.nn.parallel import DistributedDataParallel
 
+from genrec import storage
 from genrec.config import SFTConfig
 
 from genrec.config_loader import from_dict
 from genrec.data.templates import get_template
 from genrec.data.tokenize import tokenize_split
+from genrec.faults import FAILED_ONCE, FAULTS_FILE
 from genrec.models import loading
 from genrec.models.loading import save_checkpoint
 from genrec.train import common
@@ -45,6 +51,7 @@ TEMPLATE = "genrec"
 METRICS_FILE = "metrics.jsonl"
 FINAL, BEST = "final", "best"
 SOURCE_FILE = "genrec_source.json"  # what the tokenizer and token shards were built from
+ITEM_VECTORS = "item_text_vectors.parquet"  # item_init's title vectors, copied into a remote out_dir
 
 
 # ------------------------------------------------------------------------------------ the driver
@@ -52,32 +59,43 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None, keep_checkpoints: i
     """Run the SFT stage; returns the final metrics (also in out_dir/final/genrec.json).
 
     `callbacks` go on the Ray Train RunConfig (Tune's TuneReportCallback: genrec/tune.py)."""
-    cfg, out = common.start_run(cfg)
-    tokenizer_dir = build_tokenizer(cfg, out)
-    token_dirs = tokenize_splits(cfg, out, tokenizer_dir)
+    cfg, out_dir = common.start_run(cfg)
+    out, data = out_dir.local, storage.fetch(cfg.data_dir)
+    out_dir.pull("tokenizer", "tokens")  # a resumed run's
+    tokenizer_dir = build_tokenizer(cfg, out, data)
+    token_dirs = tokenize_splits(cfg, out, tokenizer_dir, data)
+    out_dir.push("tokenizer", "tokens")
     item_vectors = None
     if cfg.item_init != "random":
         from genrec.models.item_init import title_vectors
 
-        item_vectors = str(title_vectors(cfg.data_dir, cfg.item_init))
+        item_vectors = title_vectors(data, cfg.item_init)
+        if out_dir.remote:  # the workers' nodes cannot read this node's data mirror
+            storage.copy_into(item_vectors, out_dir, ITEM_VECTORS)
+            item_vectors = ITEM_VECTORS
 
     trainer = common.torch_trainer(
         sft_worker,
-        {"cfg": dataclasses.asdict(cfg), "out": str(out), "tokenizer_dir": str(tokenizer_dir),
-         "tokens": {k: str(v) for k, v in token_dirs.items()}, "item_vectors": item_vectors},
-        cfg.ray_train, cfg.run_name or out.name, out / "ray", callbacks, keep_checkpoints,
+        {"cfg": dataclasses.asdict(cfg), "out": out_dir.location, "tokenizer_dir": "tokenizer",
+         "tokens": {k: str(v.relative_to(out)) for k, v in token_dirs.items()},
+         "item_vectors": str(item_vectors) if item_vectors else None},
+        cfg.ray_train, cfg.run_name or Path(out_dir.location).name, storage.join(out_dir.location, "ray"), callbacks,
+        keep_checkpoints,
     )
     result = trainer.fit()
+    out_dir.pull(FINAL)
     final = json.loads((out / FINAL / "genrec.json").read_text())["metrics"]
     log.info("sft done: %s (checkpoint %s)", {k: final.get(k) for k in ("step", "loss", "valid_loss")}, result.checkpoint)
     return final
 
 
-def build_tokenizer(cfg: SFTConfig, out: Path) -> Path:
-    """The tokenizer every worker and the tokenization step load: saved once in out_dir/tokenizer."""
-    path = out / "tokenizer"
+def build_tokenizer(cfg: SFTConfig, out: Path, data: Path | None = None) -> Path:
+    """The tokenizer every worker and the tokenization step load: saved once in out_dir/tokenizer.
+    `data` is this node's copy of cfg.data_dir (default: cfg.data_dir, a local folder)."""
+    path, data = out / "tokenizer", data or Path(cfg.data_dir)
+    data_dir = cfg.data_dir if storage.is_uri(cfg.data_dir) else str(Path(cfg.data_dir).resolve())
     source = {"model": cfg.model, "vocab_size": cfg.tiny.vocab_size, "max_len": cfg.max_len,
-              "data_dir": str(Path(cfg.data_dir).resolve()), "format": cfg.format, "item_tokens": cfg.item_tokens}
+              "data_dir": data_dir, "format": cfg.format, "item_tokens": cfg.item_tokens}
     if (path / SOURCE_FILE).exists():
         built = {"item_tokens": False, **json.loads((path / SOURCE_FILE).read_text())}  # older runs lack the key
         if built != source:
@@ -88,7 +106,7 @@ def build_tokenizer(cfg: SFTConfig, out: Path) -> Path:
     if cfg.model == "tiny":
         from genrec.models.tiny import train_tokenizer
 
-        tokenizer = train_tokenizer(tokenizer_texts(Path(cfg.data_dir)), vocab_size=cfg.tiny.vocab_size)
+        tokenizer = train_tokenizer(tokenizer_texts(data), vocab_size=cfg.tiny.vocab_size)
     else:
         from genrec.models.tokenizer import load_tokenizer
 
@@ -96,7 +114,7 @@ def build_tokenizer(cfg: SFTConfig, out: Path) -> Path:
     if cfg.item_tokens:
         from genrec.data.item_tokens import add_item_tokens
 
-        catalog = pq.read_table(Path(cfg.data_dir) / "catalog.parquet", columns=["item_id"])
+        catalog = pq.read_table(data / "catalog.parquet", columns=["item_id"])
         log.info("item_tokens: %d added", add_item_tokens(tokenizer, catalog.column("item_id").to_pylist()))
     tokenizer.save_pretrained(path)
     (path / SOURCE_FILE).write_text(json.dumps(source, indent=2))
@@ -120,9 +138,8 @@ def data_template(data_dir: Path) -> str:
     return json.loads(stats.read_text()).get("template", TEMPLATE) if stats.exists() else TEMPLATE
 
 
-def tokenize_splits(cfg: SFTConfig, out: Path, tokenizer_dir: Path) -> dict[str, Path]:
-    data = Path(cfg.data_dir)
-    dirs = {}
+def tokenize_splits(cfg: SFTConfig, out: Path, tokenizer_dir: Path, data: Path | None = None) -> dict[str, Path]:
+    dirs, data = {}, data or Path(cfg.data_dir)
     for split in ("train", "valid"):
         if not (data / split).exists():
             if split == "train":
@@ -142,8 +159,15 @@ def tokenize_splits(cfg: SFTConfig, out: Path, tokenizer_dir: Path) -> dict[str,
 def sft_worker(ctx: dict) -> None:
     """Ray Train worker: build the model, load the shards, run train_loop, turn its reports into
     ray.train.report with HF-format checkpoints."""
+    common.worker_logging()
     cfg = from_dict(SFTConfig, ctx["cfg"])
-    out, tokenizer_dir = Path(ctx["out"]), ctx["tokenizer_dir"]
+    out_dir = storage.Mirror(ctx["out"])
+    out_dir.pull(ctx["tokenizer_dir"], "tokens", BEST, FINAL, METRICS_FILE, FAULTS_FILE, FAILED_ONCE)
+    if ctx.get("item_vectors") and not Path(ctx["item_vectors"]).is_absolute():
+        out_dir.pull(ctx["item_vectors"])
+    out = out_dir.local
+    tokenizer_dir = str(out / ctx["tokenizer_dir"])
+    data = storage.fetch(cfg.data_dir) if cfg.valid_rank_users else None  # ranked validation reads the catalog
     context = ray.train.get_context()
     world_size, rank = context.get_world_size(), context.get_world_rank()
     device = ray.train.torch.get_device()
@@ -156,21 +180,21 @@ def sft_worker(ctx: dict) -> None:
     if ctx.get("item_vectors"):  # a resumed run then loads its trained rows over these
         from genrec.models.item_init import init_item_embeddings
 
-        log.info("item_init: %d item token rows from %s", init_item_embeddings(model, tokenizer, ctx["item_vectors"]),
-                 ctx["item_vectors"])
+        vectors = out / ctx["item_vectors"]  # an absolute path stays as it is
+        log.info("item_init: %d item token rows from %s", init_item_embeddings(model, tokenizer, vectors), vectors)
     model = wrap_model(model.to(device), cfg, world_size)
-    train_rows = load_rows(ctx["tokens"]["train"])
-    valid_rows = load_rows(ctx["tokens"]["valid"], cfg.valid_rows) if "valid" in ctx["tokens"] else None
+    train_rows = load_rows(out / ctx["tokens"]["train"])
+    valid_rows = load_rows(out / ctx["tokens"]["valid"], cfg.valid_rows) if "valid" in ctx["tokens"] else None
 
     resume, checkpoint_path = common.reported_state(STATE_FILE)
     if resume is not None and rank == 0:
-        log.info("resuming from %s at step %d", checkpoint_path, resume["position"]["step"])
+        log.info("rank 0 on node %s: resuming from %s at step %d", ray.get_runtime_context().get_node_id(),
+                 checkpoint_path, resume["position"]["step"])
 
     ranking = None
     if cfg.valid_rank_users:
-        ranking = RankValidation(cfg.data_dir, data_template(Path(cfg.data_dir)), tokenizer, cfg.format, cfg.max_len,
-                                 cfg.valid_rank_users)
-    reporter = Reporter(cfg, model, tokenizer, out, rank, ranking)
+        ranking = RankValidation(data, data_template(data), tokenizer, cfg.format, cfg.max_len, cfg.valid_rank_users)
+    reporter = Reporter(cfg, model, tokenizer, out_dir, rank, ranking)
     result = train_loop(cfg, model, train_rows, valid_rows, world_size=world_size, rank=rank,
                         resume_state=resume, report=reporter)
     final = {k: v for k, v in result.items() if isinstance(v, (int, float))}
@@ -202,10 +226,10 @@ def wrap_model(model: torch.nn.Module, cfg: SFTConfig, world_size: int) -> torch
     return model
 
 
-def load_rows(path: str, limit: int = 0) -> TokenRows:
+def load_rows(path: str | Path, limit: int = 0) -> TokenRows:
     """Token rows in a fixed order, (user_id, position), whatever order Ray Data wrote the files in,
     so a seed gives the same batches and the same validation subsample on every run."""
-    table = pads.dataset(path, format="parquet").to_table(columns=["input_ids", "labels", "user_id", "position"])
+    table = pads.dataset(str(path), format="parquet").to_table(columns=["input_ids", "labels", "user_id", "position"])
     table = table.sort_by([("user_id", "ascending"), ("position", "ascending")])
     if limit and table.num_rows > limit:
         table = table.slice(0, limit)
@@ -217,14 +241,15 @@ class Reporter:
     resumable state, and the best model kept in out_dir/best: the lowest validation loss, or with
     valid_rank_users the highest validation HR@10."""
 
-    def __init__(self, cfg: SFTConfig, model, tokenizer, out: Path, rank: int, rank_validation=None):
-        self.cfg, self.model, self.tokenizer, self.out, self.rank = cfg, model, tokenizer, out, rank
+    def __init__(self, cfg: SFTConfig, model, tokenizer, out_dir: storage.Mirror, rank: int, rank_validation=None):
+        self.cfg, self.model, self.tokenizer, self.rank = cfg, model, tokenizer, rank
+        self.out_dir, self.out = out_dir, out_dir.local
         self.rank_validation = rank_validation
         self.best_key, self.higher_is_better = (RANK_KEY, True) if rank_validation else ("valid_loss", False)
-        self.best = _recorded_best(out / BEST, self.best_key, self.higher_is_better)
+        self.best = _recorded_best(self.out / BEST, self.best_key, self.higher_is_better)
 
     def __call__(self, metrics: dict, state: dict | None) -> None:
-        common.crash_if_planned(self.out, metrics.get("step", 0))  # tests only (genrec/faults.py)
+        common.crash_if_planned(self.out_dir, metrics.get("step", 0))  # tests only (genrec/faults.py)
         metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         if "valid_loss" in metrics and self.rank_validation is not None:
             model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
@@ -232,6 +257,7 @@ class Reporter:
         if self.rank == 0:  # the plain log beside Ray's: one JSON line per report (repeats after a resume)
             with open(self.out / METRICS_FILE, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
+            self.out_dir.push(METRICS_FILE)
         # valid_loss is all-reduced and every rank ranks the same users with the same weights, so
         # every rank takes this branch together (FSDP gathers in it).
         if self.best_key in metrics and self._improves(metrics[self.best_key]):
@@ -251,6 +277,7 @@ class Reporter:
         if self.rank == 0:
             model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
             save_checkpoint(path, model, self.tokenizer, "sft", dataclasses.asdict(self.cfg), metrics, state_dict=weights)
+            self.out_dir.push(path.name)
 
     def _improves(self, value: float) -> bool:
         return value > self.best if self.higher_is_better else value < self.best

@@ -41,6 +41,7 @@ from genrec.girl import prompts
 from genrec.girl import reward as R
 from genrec.girl.reward_checkpoint import META_FILE
 from genrec.models.embedders import resolve_backbone
+from genrec.storage import is_uri
 from genrec.train import common
 
 log = logging.getLogger("genrec.reward")
@@ -56,8 +57,11 @@ PAIR_COLUMNS = ["cv_text", "pos_text", "neg_cv_text", "neg_text", "margin", "neg
 def train_reward(cfg: RewardConfig, callbacks: list | None = None, keep_checkpoints: int = 2) -> dict:
     """Run the reward stage; returns the held-out metrics (also in out_dir/metrics.json).
     `callbacks` go on the Ray Train RunConfig (Tune's TuneReportCallback: genrec/tune.py)."""
-    cfg, out = common.start_run(cfg)
-    data = Path(cfg.data_dir).resolve()
+    if is_uri(cfg.data_dir) or is_uri(cfg.out_dir):
+        raise ValueError("train-reward: data_dir and out_dir must be folders every node reads (local or a shared "
+                         "file system); object-store URIs are read and written by train-sft and evaluate")
+    cfg, out_dir = common.start_run(cfg)
+    out, data = out_dir.local, Path(cfg.data_dir).resolve()
     if not (data / "pairs" / "train.parquet").exists():
         raise FileNotFoundError(f"data_dir: {data / 'pairs' / 'train.parquet'} is missing; run `genrec prepare-jobs` first")
     if cfg.backbone == "tfidf":

@@ -1,0 +1,169 @@
+"""A real two-node Ray cluster on 127.0.0.1 that loses a node in the middle of a genrec job.
+
+The head and one worker node are separate `ray start` processes (tests/ray_nodes.py) with one CPU
+each, so a 2-worker Ray Train run has one worker on each node. The nodes share no genrec folder: the
+data, the run's outputs and Ray Train's checkpoints live in an S3-compatible server on 127.0.0.1
+(moto), and each node keeps its own mirrors (GENREC_CACHE). The job goes in through the job server,
+as `ray job submit` sends it.
+
+What Ray supports, and so what the test checks: when a node dies, Ray Train's controller sees its
+worker die, tears the worker group down and asks for a new one of the same size (FailureConfig
+max_failures). A group of two 1-CPU workers fits again once a node replaces the lost one (a
+restarted machine, or an autoscaler's new node); the run then restarts from its last checkpoint
+on S3. A smaller group (elastic training) would change the global batch and so the losses.
+"""
+import json
+import sys
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+from conftest import synth_and_prepare
+from genrec.config import SFTConfig
+from genrec.config_loader import from_dict
+from genrec.faults import FAILED_ONCE, FAULTS_FILE
+from genrec.train.launch import METRICS_FILE, train_sft
+from ray_nodes import node_env, raylet, start_node, stop_node, wait_for, wait_for_job, wait_for_job_server
+
+ROOT = Path(__file__).resolve().parents[1]
+EXCLUDES = [".venv", "runs", "bench/work", ".git", ".whl", "**/__pycache__", "*.egg-info", ".pytest_cache"]
+BUCKET = "genrec"
+# The head's GCS checks each raylet every second and calls a node dead after 3 missed checks
+# (Ray's defaults: 3 s and 5), so the controller hears of the loss within seconds.
+FAST_NODE_DEATH = json.dumps({"health_check_period_ms": 1000, "health_check_failure_threshold": 3,
+                              "health_check_timeout_ms": 1000})
+SFT = dict(max_len=256, micro_batch_tokens=1024, tiny=dict(hidden=64, layers=2, heads=2, vocab_size=1024), lr=2e-3,
+           warmup_steps=2, max_steps=8, log_every=1, eval_every=4, save_every=4, valid_rows=64,
+           ray_train=dict(num_workers=2, cpus_per_worker=1, max_failures=2))
+
+
+def overrides(settings: dict, prefix: str = "") -> list[str]:
+    """`settings` as command-line overrides (tiny.hidden=64 ...)."""
+    out = []
+    for key, value in settings.items():
+        out += overrides(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}={value}"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def s3(s3_server):
+    return s3_server
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    caches = tmp_path_factory.mktemp("node_caches")
+    nodes = []
+
+    def add_worker_node(name: str) -> dict:
+        nodes.append(start_node(1, head["gcs"], env=node_env(GENREC_CACHE=str(caches / name))))
+        return nodes[-1]
+
+    head = start_node(1, env=node_env(GENREC_CACHE=str(caches / "head")), system_config=FAST_NODE_DEATH)
+    nodes.append(head)
+    try:
+        add_worker_node("worker")
+        yield {"head": head, "address": head["address"], "client": wait_for_job_server(head["address"]),
+               "add_worker_node": add_worker_node, "nodes": nodes}
+    finally:
+        for node in reversed(nodes):
+            stop_node(node["temp_dir"])
+
+
+def s3_text(env: dict, key: str) -> str | None:
+    fs = pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key=env["AWS_ACCESS_KEY_ID"],
+                           secret_key=env["AWS_SECRET_ACCESS_KEY"], region=env["AWS_DEFAULT_REGION"])
+    if fs.get_file_info(f"{BUCKET}/{key}").type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(f"{BUCKET}/{key}") as f:
+        return f.read().decode()
+
+
+def s3_upload(env: dict, local: Path, key: str) -> None:
+    fs = pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key=env["AWS_ACCESS_KEY_ID"],
+                           secret_key=env["AWS_SECRET_ACCESS_KEY"], region=env["AWS_DEFAULT_REGION"])
+    pafs.copy_files(str(local), f"{BUCKET}/{key}", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def train_losses(metrics_lines: str) -> tuple[dict, dict]:
+    """(step -> training loss, step -> how many times it was logged) from a metrics.jsonl text."""
+    losses, counts = {}, {}
+    for line in metrics_lines.splitlines():
+        m = json.loads(line)
+        if "loss" in m:
+            losses[m["step"]] = m["loss"]
+            counts[m["step"]] = counts.get(m["step"], 0) + 1
+    return losses, counts
+
+
+def nodes_by_state(address: str) -> dict:
+    from ray.util.state import list_nodes
+
+    return {n.node_id: (n.state, n.is_head_node) for n in list_nodes(address=address)}
+
+
+def train_worker_nodes(address: str) -> set:
+    from ray.util.state import list_actors
+
+    return {a.node_id for a in list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"),
+                                                                      ("state", "=", "ALIVE")])}
+
+
+def test_sft_on_two_nodes_resumes_from_its_s3_checkpoint_after_the_worker_node_dies(ray_session, cluster, s3,
+                                                                                      tmp_path):
+    # The uninterrupted run: the same settings, two workers on the test session's one-node Ray.
+    synth_and_prepare(tmp_path, num_users=200, num_items=300, history_len=10)
+    train_sft(from_dict(SFTConfig, dict(SFT, data_dir=str(tmp_path / "prepared"), out_dir=str(tmp_path / "straight"))))
+    expected, _ = train_losses((tmp_path / "straight" / METRICS_FILE).read_text())
+
+    # The data goes to S3; every worker holds at step 6 (after the step-4 checkpoint), once.
+    s3_upload(s3, tmp_path / "prepared", "prepared")
+    (tmp_path / FAULTS_FILE).write_text(json.dumps({"hold_at_step": 6}))
+    s3_upload(s3, tmp_path / FAULTS_FILE, f"sft/{FAULTS_FILE}")
+    client, address = cluster["client"], cluster["address"]
+    job_id = client.submit_job(
+        entrypoint=" ".join([sys.executable, "ray_jobs/sft.py", f"data_dir=s3://{BUCKET}/prepared",
+                             f"out_dir=s3://{BUCKET}/sft", *overrides(SFT)]),
+        runtime_env={"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": s3},
+    )
+    wait_for(lambda: s3_text(s3, f"sft/{FAILED_ONCE}") == "6", "the workers to hold at step 6", timeout_s=300)
+    wait_for(lambda: "checkpoint_" in (s3_text(s3, "sft/ray/sft/checkpoint_manager_snapshot.json") or ""),
+             "Ray Train to record the step-4 checkpoint on S3")
+    before = nodes_by_state(address)
+    (worker_node,) = [node for node, (state, head) in before.items() if state == "ALIVE" and not head]
+    assert len(train_worker_nodes(address)) == 2, "the two Ray Train workers are not on two nodes"
+
+    raylet(cluster["nodes"][1]["temp_dir"]).kill()  # the worker node dies with its Ray Train worker
+    wait_for(lambda: nodes_by_state(address)[worker_node][0] == "DEAD", "the head to declare the node dead")
+    cluster["add_worker_node"]("replacement")
+    status = wait_for_job(client, job_id)
+    logs = client.get_job_logs(job_id)
+    assert status == "SUCCEEDED", logs[-4000:]
+    resumed = [line for line in logs.splitlines() if "resuming from" in line]
+    print(f"killed node {worker_node}; {resumed}")
+    assert resumed and all(line.rstrip().endswith("at step 4") for line in resumed), logs[-4000:]
+    assert worker_node not in resumed[0]  # rank 0 resumed on a live node
+    assert f"{BUCKET}/sft/ray/sft/checkpoint_" in resumed[0]  # the fs path of the S3 checkpoint
+
+    # The run finished on S3 with the uninterrupted run's losses: steps 1-4 once, step 5 before the
+    # node died and again after the restart from step 4, then 6-8.
+    assert json.loads(s3_text(s3, "sft/final/genrec.json"))["metrics"]["step"] == 8
+    got, counts = train_losses(s3_text(s3, f"sft/{METRICS_FILE}"))
+    assert counts == {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 1, 7: 1, 8: 1}
+    for step in range(1, 9):
+        assert got[step] == pytest.approx(expected[step], abs=1e-4), (step, got[step], expected[step])
+    after = nodes_by_state(address)
+    assert after[worker_node][0] == "DEAD" and sum(state == "ALIVE" for state, _ in after.values()) == 2
+
+    # `genrec evaluate` ranks with the best model straight from S3 and writes its report there.
+    job_id = client.submit_job(
+        entrypoint=" ".join([sys.executable, "ray_jobs/evaluate.py", f"data_dir=s3://{BUCKET}/prepared",
+                             f"checkpoint_dir=s3://{BUCKET}/sft/best", f"out_dir=s3://{BUCKET}/eval",
+                             "max_users=16", "batch_size=8", "num_beams=5", "top_k=5", "ks=[5]"]),
+        runtime_env={"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": s3},
+    )
+    assert wait_for_job(client, job_id) == "SUCCEEDED", client.get_job_logs(job_id)[-4000:]
+    report = json.loads(s3_text(s3, "eval/report.json"))
+    assert report["users"] == 16 and report["hallucination_rate"] == 0.0 and "hr@5" in report["metrics"]
+    assert report["model"] == f"s3://{BUCKET}/sft/best" and s3_text(s3, "eval/report.md").startswith("# Evaluation")
