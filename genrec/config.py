@@ -526,6 +526,9 @@ class PPOConfig(Config):
     save_every: int = field(5, "iterations between checkpoints (the last iteration always saves)", ge=1)
     keep_checkpoints: int = field(2, "most recent checkpoints kept", ge=1)
     worker_cpus: float = field(1.0, "CPUs reserved by each rollout worker, the reference and the scorer")
+    rollout_resources: dict[str, float] = field(
+        {}, "custom Ray resources each rollout worker also reserves, e.g. {rollout_node: 1} to run rollouts only on "
+            "nodes started with --resources='{\"rollout_node\": N}'")
     learner_cpus: float = field(1.0, "CPUs reserved by the learner")
     torch_threads: int = field(0, "torch threads per actor (0 = torch's default)")
     use_gpu: bool = field(False, "one GPU each for the learner and every rollout worker (bf16); the reference and "

@@ -98,9 +98,9 @@ class Mirror:
             self._save_manifest(manifest)
         return self.local
 
-    def push(self, *names: str) -> None:
+    def push(self, *names: str, last: str = WRITTEN_LAST) -> None:
         """Upload the local `names` (files or folders) to the location, replacing what is there under
-        those names; a folder's genrec.json goes last."""
+        those names; a folder's `last` file (its marker of a whole folder) goes last."""
         if not self.remote:
             return
         with self._locked():
@@ -108,7 +108,7 @@ class Mirror:
             for name in names:
                 path = self.local / name
                 files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-                files.sort(key=lambda p: p.name == WRITTEN_LAST)
+                files.sort(key=lambda p: p.name == last)
                 local = {p.relative_to(self.local).as_posix() for p in files}
                 for rel in self._remote_files(name):
                     if rel not in local:
@@ -120,6 +120,28 @@ class Mirror:
                                     destination_filesystem=self.fs)
                     manifest[rel] = self._stamp(self.fs.get_file_info(f"{self.root}/{rel}"))
             self._save_manifest(manifest)
+
+    def children(self, name: str) -> list[str]:
+        """The names directly inside folder `name`, listed where they live (the location, for a URI)."""
+        if not self.remote:
+            folder = self.local / name
+            return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        return sorted({rel[len(name) + 1:].split("/", 1)[0] for rel in self._remote_files(name)})
+
+    def delete(self, name: str) -> None:
+        """Remove the file or folder `name`, here and at the location."""
+        path = self.local / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        if self.remote:
+            with self._locked():
+                manifest = self._manifest()
+                for rel in self._remote_files(name):
+                    self.fs.delete_file(f"{self.root}/{rel}")
+                    manifest.pop(rel, None)
+                self._save_manifest(manifest)
 
     # --------------------------------------------------------------------------------- internals
     def _remote_files(self, name: str) -> dict[str, list]:
@@ -171,6 +193,24 @@ def fetch_file(location: str | Path) -> Path:
         return Path(location)
     folder, name = str(location).rstrip("/").rsplit("/", 1)
     return Mirror(folder).pull(name) / name
+
+
+def localize(location: str | Path) -> Path:
+    """A file or folder to read, as a local path: itself, or a URI's copy on this node."""
+    if not is_uri(location):
+        return Path(location)
+    fs, path = pafs.FileSystem.from_uri(str(location))
+    return fetch_file(location) if fs.get_file_info(path).type == pafs.FileType.File else fetch(location)
+
+
+def local_inputs(cfg):
+    """`cfg` (a stage config) with every input path (its INPUT_PATHS) that is a URI replaced by this
+    node's copy; each process that reads them calls this where it runs."""
+    import dataclasses
+
+    found = {name: str(localize(getattr(cfg, name))) for name in getattr(type(cfg), "INPUT_PATHS", ())
+             if is_uri(getattr(cfg, name) or "")}
+    return dataclasses.replace(cfg, **found) if found else cfg
 
 
 def copy_into(source: str | Path, mirror: Mirror, name: str) -> None:

@@ -115,7 +115,8 @@ def ppo_bundles(cfg: PPOConfig) -> list[dict]:
 
     def bundle(role: str) -> dict:
         need = resources(cfg)[role]
-        return {"CPU": need["num_cpus"], **({"GPU": need["num_gpus"]} if need["num_gpus"] else {})}
+        return {"CPU": need["num_cpus"], **({"GPU": need["num_gpus"]} if need["num_gpus"] else {}),
+                **need.get("resources", {})}
 
     return ([bundle("learner")] * cfg.num_learners + [bundle("reference"), bundle("scorer")]
             + [bundle("rollout")] * cfg.num_rollout_workers)

@@ -6,6 +6,7 @@ that run under its temp dir: never `ray stop`, which stops every Ray on the mach
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -38,10 +39,10 @@ def node_env(**extra: str) -> dict:
 
 
 def start_node(num_cpus: int, head_address: str | None = None, env: dict | None = None,
-               system_config: str | None = None) -> dict:
+               system_config: str | None = None, resources: dict | None = None) -> dict:
     """`ray start` a head (head_address None; with a dashboard, the job server) or a worker node joining
-    head_address. Returns the node's temp_dir, its node manager port, and for a head its GCS address
-    and dashboard (http) address."""
+    head_address, with `resources` (custom ones) besides its CPUs. Returns the node's temp_dir, its node
+    manager port, and for a head its GCS address and dashboard (http) address."""
     temp_dir = tempfile.mkdtemp(prefix="rn", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
     node_manager_port = free_port()
     command = [RAY, "start", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
@@ -49,6 +50,8 @@ def start_node(num_cpus: int, head_address: str | None = None, env: dict | None 
                f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
                f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
                "--disable-usage-stats"]
+    if resources:
+        command.append(f"--resources={json.dumps(resources)}")
     node = {"temp_dir": temp_dir, "node_manager_port": node_manager_port}
     if head_address is None:
         gcs, dashboard = free_port(), free_port()

@@ -189,6 +189,10 @@ def test_with_use_gpu_the_reference_and_the_scorer_share_a_gpu_and_a_tune_trial_
     cfg = PPOConfig(use_gpu=True, num_rollout_workers=2)
     assert [b.get("GPU", 0) for b in ppo_bundles(cfg)] == [1, 0.5, 0.5, 1, 1]
     assert ppo_resources(cfg)["GPU"] == 4
+    # rollout_resources: a custom resource on each rollout worker (and its bundle) alone
+    pinned = PPOConfig(num_rollout_workers=2, rollout_resources={"rollout_node": 1})
+    assert resources(pinned)["rollout"]["resources"] == {"rollout_node": 1} and "resources" not in resources(pinned)["learner"]
+    assert [b.get("rollout_node", 0) for b in ppo_bundles(pinned)] == [0, 0, 0, 1, 1]
 
 
 def test_lora_policy_syncs_only_its_adapter_and_the_worker_then_samples_what_the_learner_would(tmp_path):

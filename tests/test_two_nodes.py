@@ -11,8 +11,13 @@ worker die, tears the worker group down and asks for a new one of the same size 
 max_failures). A group of two 1-CPU workers fits again once a node replaces the lost one (a
 restarted machine, or an autoscaler's new node); the run then restarts from its last checkpoint
 on S3. A smaller group (elastic training) would change the global batch and so the losses.
+
+PPO's rollout workers are Ray actors with max_restarts: the ones on a lost node are restarted on a
+node that has what they reserve (here the custom resource `rollout_node`, which only worker nodes
+have), and the loop redoes their share of the iteration with the same weights and seeds.
 """
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -30,9 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 EXCLUDES = [".venv", "runs", "bench/work", ".git", ".whl", "**/__pycache__", "*.egg-info", ".pytest_cache"]
 BUCKET = "genrec"
 # The head's GCS checks each raylet every second and calls a node dead after 3 missed checks
-# (Ray's defaults: 3 s and 5), so the controller hears of the loss within seconds.
-FAST_NODE_DEATH = json.dumps({"health_check_period_ms": 1000, "health_check_failure_threshold": 3,
-                              "health_check_timeout_ms": 1000})
+# (Ray's defaults: 3 s and 5), so the controller hears of the loss within seconds. A spread threshold
+# of 1 fills the driver's node (the head) before using another: PPO's learner, reference and scorer
+# stay on the head, and only the rollout workers, which need `rollout_node`, go to the worker node.
+HEAD_CONFIG = json.dumps({"health_check_period_ms": 1000, "health_check_failure_threshold": 3,
+                          "health_check_timeout_ms": 1000, "scheduler_spread_threshold": 1.0})
+WORKER_RESOURCES = {"rollout_node": 2}
 SFT = dict(max_len=256, micro_batch_tokens=1024, tiny=dict(hidden=64, layers=2, heads=2, vocab_size=1024), lr=2e-3,
            warmup_steps=2, max_steps=8, log_every=1, eval_every=4, save_every=4, valid_rows=64,
            ray_train=dict(num_workers=2, cpus_per_worker=1, max_failures=2))
@@ -57,10 +65,11 @@ def cluster(tmp_path_factory):
     nodes = []
 
     def add_worker_node(name: str) -> dict:
-        nodes.append(start_node(1, head["gcs"], env=node_env(GENREC_CACHE=str(caches / name))))
+        nodes.append(start_node(1, head["gcs"], env=node_env(GENREC_CACHE=str(caches / name)),
+                                resources=WORKER_RESOURCES))
         return nodes[-1]
 
-    head = start_node(1, env=node_env(GENREC_CACHE=str(caches / "head")), system_config=FAST_NODE_DEATH)
+    head = start_node(1, env=node_env(GENREC_CACHE=str(caches / "head")), system_config=HEAD_CONFIG)
     nodes.append(head)
     try:
         add_worker_node("worker")
@@ -103,6 +112,11 @@ def nodes_by_state(address: str) -> dict:
     return {n.node_id: (n.state, n.is_head_node) for n in list_nodes(address=address)}
 
 
+def live_worker_node(address: str) -> str:
+    (node,) = [node for node, (state, head) in nodes_by_state(address).items() if state == "ALIVE" and not head]
+    return node
+
+
 def train_worker_nodes(address: str) -> set:
     from ray.util.state import list_actors
 
@@ -130,11 +144,10 @@ def test_sft_on_two_nodes_resumes_from_its_s3_checkpoint_after_the_worker_node_d
     wait_for(lambda: s3_text(s3, f"sft/{FAILED_ONCE}") == "6", "the workers to hold at step 6", timeout_s=300)
     wait_for(lambda: "checkpoint_" in (s3_text(s3, "sft/ray/sft/checkpoint_manager_snapshot.json") or ""),
              "Ray Train to record the step-4 checkpoint on S3")
-    before = nodes_by_state(address)
-    (worker_node,) = [node for node, (state, head) in before.items() if state == "ALIVE" and not head]
+    worker_node = live_worker_node(address)
     assert len(train_worker_nodes(address)) == 2, "the two Ray Train workers are not on two nodes"
 
-    raylet(cluster["nodes"][1]["temp_dir"]).kill()  # the worker node dies with its Ray Train worker
+    raylet(cluster["nodes"][-1]["temp_dir"]).kill()  # the worker node dies with its Ray Train worker
     wait_for(lambda: nodes_by_state(address)[worker_node][0] == "DEAD", "the head to declare the node dead")
     cluster["add_worker_node"]("replacement")
     status = wait_for_job(client, job_id)
@@ -167,3 +180,63 @@ def test_sft_on_two_nodes_resumes_from_its_s3_checkpoint_after_the_worker_node_d
     report = json.loads(s3_text(s3, "eval/report.json"))
     assert report["users"] == 16 and report["hallucination_rate"] == 0.0 and "hr@5" in report["metrics"]
     assert report["model"] == f"s3://{BUCKET}/sft/best" and s3_text(s3, "eval/report.md").startswith("# Evaluation")
+
+
+PPO = dict(prompt_format="raw", reward="count", reward_word="yes", iterations=6, rollout_batch_size=32,
+           max_new_tokens=8, num_rollout_workers=2, ppo_epochs=2, minibatch_size=16, lr=3e-3, value_lr=1e-2,
+           kl_controller="fixed", init_kl_coef=0.5, save_every=2, worker_cpus=0.25, learner_cpus=0.25,
+           torch_threads=1, seed=7, compile_cpu=False)
+
+
+def actor_nodes(address: str, class_name: str) -> set:
+    from ray.util.state import list_actors
+
+    return {a.node_id for a in list_actors(address=address, filters=[("class_name", "=", class_name),
+                                                                      ("state", "=", "ALIVE")])}
+
+
+def test_ppo_on_two_nodes_redoes_the_share_of_the_rollout_workers_whose_node_died(ray_session, cluster, s3, tmp_path):
+    from genrec.config import PPOConfig
+    from genrec.rl.loop import read_metrics, run_ppo
+    from genrec.rl.toy import make_toy_task
+
+    # The uninterrupted run on the test session's one-node Ray.
+    task = make_toy_task(tmp_path / "task")
+    run_ppo(PPOConfig(**task, **PPO, out_dir=str(tmp_path / "straight")))
+    expected = read_metrics(tmp_path / "straight")
+
+    # The task goes to S3; rollout worker 0 holds in iteration 4 (index 3), once.
+    s3_upload(s3, tmp_path / "task", "ppo_task")
+    (tmp_path / FAULTS_FILE).write_text(json.dumps({"hold_at_iteration": 3}))
+    s3_upload(s3, tmp_path / FAULTS_FILE, f"ppo/{FAULTS_FILE}")
+    client, address = cluster["client"], cluster["address"]
+    args = overrides(dict(PPO, rollout_resources="{rollout_node: 1}", policy_dir=f"s3://{BUCKET}/ppo_task/policy",
+                          prompts_path=f"s3://{BUCKET}/ppo_task/prompts.parquet", out_dir=f"s3://{BUCKET}/ppo"))
+    job_id = client.submit_job(entrypoint=" ".join([sys.executable, "ray_jobs/ppo.py", *map(shlex.quote, args)]),
+                               runtime_env={"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": s3})
+    wait_for(lambda: s3_text(s3, f"ppo/{FAILED_ONCE}") == "3", "rollout worker 0 to hold in iteration 4", timeout_s=300)
+    worker_node = live_worker_node(address)
+    assert actor_nodes(address, "RolloutWorker") == {worker_node}
+    assert worker_node not in actor_nodes(address, "Learner") | actor_nodes(address, "RewardScorer")
+
+    raylet(cluster["nodes"][-1]["temp_dir"]).kill()  # both rollout workers die with their node
+    wait_for(lambda: nodes_by_state(address)[worker_node][0] == "DEAD", "the head to declare the node dead")
+    cluster["add_worker_node"]("ppo_replacement")
+    status = wait_for_job(client, job_id)
+    logs = client.get_job_logs(job_id)
+    assert status == "SUCCEEDED", logs[-4000:]
+    died = [line for line in logs.splitlines() if "died in iteration 4" in line]
+    print(f"killed node {worker_node}; {died}")
+    # Worker 0 died holding its share; worker 1 had returned its share before, so only the restart
+    # of worker 0 is counted (worker 1 restarts too, and the next iteration's weight sync reaches it).
+    assert any("rollout worker 0 died in iteration 4" in line for line in died), logs[-4000:]
+
+    # Every iteration as in the uninterrupted run; the restarts are counted from iteration 4 on.
+    rows = [json.loads(line) for line in s3_text(s3, "ppo/metrics.jsonl").splitlines()]
+    assert [r["iteration"] for r in rows] == list(range(1, 7))
+    for mine, theirs in zip(rows, expected):
+        assert mine["reward_mean"] == pytest.approx(theirs["reward_mean"], abs=1e-6)
+        assert mine["kl"] == pytest.approx(theirs["kl"], abs=1e-4)
+    assert [r["restarts"] for r in rows] == [0, 0, 0] + [len(died)] * 3
+    assert s3_text(s3, "ppo/final/genrec.json") is not None
+    assert actor_nodes(address, "RolloutWorker") == set()  # the job's actors are gone with it

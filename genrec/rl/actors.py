@@ -1,6 +1,7 @@
 """Ray actors of the PPO loop, one per role (as OpenRLHF groups them): RolloutWorker x N,
 ReferencePolicy, RewardScorer, Learner. Each is a thin shell around a class of genrec/rl/policy.py
-or genrec/rl/rewards.py, which hold the logic and run without Ray.
+or genrec/rl/rewards.py, which hold the logic and run without Ray. Each reads its own node's copy of
+input paths that are object-store URIs (genrec.storage.local_inputs).
 """
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import ray
 import torch
 
 from genrec.config import PPOConfig
-from genrec.faults import crash_once
+from genrec.faults import FAILED_ONCE, FAULTS_FILE, crash_once, hold_once
+from genrec.rl.policy import STATE_FILE
 from genrec.rl.rollout import Rollout
+from genrec.storage import Mirror, local_inputs
 
 
 def resources(cfg: PPOConfig) -> dict[str, dict]:
@@ -21,7 +24,7 @@ def resources(cfg: PPOConfig) -> dict[str, dict]:
     gpu = 1 if cfg.use_gpu else 0
     support = cfg.support_gpus if cfg.use_gpu else 0
     return {"learner": dict(num_cpus=cfg.learner_cpus, num_gpus=gpu),
-            "rollout": dict(num_cpus=cfg.worker_cpus, num_gpus=gpu),
+            "rollout": dict(num_cpus=cfg.worker_cpus, num_gpus=gpu, resources=dict(cfg.rollout_resources)),
             "reference": dict(num_cpus=cfg.worker_cpus, num_gpus=support),
             "scorer": dict(num_cpus=cfg.worker_cpus, num_gpus=support)}
 
@@ -39,15 +42,18 @@ class RolloutWorker:
         from genrec.rl.policy import RolloutPolicy
 
         self.cfg, self.index = cfg, index
-        self.policy = RolloutPolicy(cfg, _setup(cfg, "rollout"))
+        self.out_dir = Mirror(cfg.out_dir)
+        self.out_dir.pull(FAULTS_FILE, FAILED_ONCE)  # tests only (genrec/faults.py)
+        self.policy = RolloutPolicy(local_inputs(cfg), _setup(cfg, "rollout"))
 
     def set_weights(self, weights: dict) -> int:
         self.policy.set_weights(weights)
         return self.index
 
     def generate(self, prompts: list[list[int]], seed: int, iteration: int) -> Rollout:
-        if self.index == 0:
-            crash_once(self.cfg.out_dir, "crash_at_iteration", iteration)  # tests only (genrec/faults.py)
+        if self.index == 0:  # tests only (genrec/faults.py)
+            crash_once(self.out_dir.local, "crash_at_iteration", iteration)
+            hold_once(self.out_dir.local, "hold_at_iteration", iteration, marked=lambda: self.out_dir.push(FAILED_ONCE))
         started = time.perf_counter()
         rollout = self.policy.generate(prompts, seed)
         rollout.seconds = time.perf_counter() - started
@@ -59,7 +65,7 @@ class ReferencePolicy:
     def __init__(self, cfg: PPOConfig):
         from genrec.rl.policy import ReferenceModel
 
-        self.ref = ReferenceModel(cfg, _setup(cfg, "reference"))
+        self.ref = ReferenceModel(local_inputs(cfg), _setup(cfg, "reference"))
 
     def log_probs(self, rollout: Rollout) -> torch.Tensor:
         return self.ref.log_probs(rollout)
@@ -73,7 +79,7 @@ class RewardScorer:
         from genrec.rl.rewards import build_reward
 
         device = _setup(cfg, "scorer")
-        self.reward = build_reward(cfg, rows_by_text, device=device)
+        self.reward = build_reward(local_inputs(cfg), rows_by_text, device=device)
 
     def score(self, source_texts: list[str], response_texts: list[str]):
         return self.reward.score(source_texts, response_texts)
@@ -87,7 +93,7 @@ class Learner:
     def __init__(self, cfg: PPOConfig, rank: int = 0, world: int = 1):
         from genrec.rl.policy import Learner as PolicyLearner
 
-        self.learner = PolicyLearner(cfg, _setup(cfg, "learner"), rank, world)
+        self.learner = PolicyLearner(local_inputs(cfg), _setup(cfg, "learner"), rank, world)
 
     def address(self) -> str:
         """rank 0: a tcp:// address (this node, a free port) for the learners' process group."""
@@ -108,11 +114,17 @@ class Learner:
     def step(self, rollout: Rollout, scores, ref_logp, iteration: int) -> dict:
         return self.learner.step(rollout, torch.as_tensor(scores), ref_logp, iteration)
 
-    def save(self, directory: str, iteration: int, extra: dict) -> str:
-        return str(self.learner.save(directory, iteration, extra))
+    def save(self, out_dir: str, name: str, iteration: int, extra: dict) -> str:
+        """Write checkpoint `name` into out_dir (a path or URI), its state file last."""
+        mirror = Mirror(out_dir)
+        self.learner.save(mirror.local / name, iteration, extra)
+        mirror.push(name, last=STATE_FILE)
+        return name
 
-    def load(self, directory: str) -> dict:
-        state = self.learner.load(directory)
+    def load(self, out_dir: str, name: str) -> dict:
+        mirror = Mirror(out_dir)
+        mirror.pull(name)
+        state = self.learner.load(mirror.local / name)
         return {"iteration": state["iteration"], "extra": state["extra"]}
 
     def trainable_state(self) -> dict:

@@ -19,11 +19,15 @@ genrec/rl/ppo.py importance_weights). A resumed off-policy run samples its first
 so it does not repeat an uninterrupted one exactly. `num_learners` > 1 runs the learners as one
 torch.distributed group that splits every minibatch (genrec/rl/policy.py Learner).
 
+out_dir and the input paths may be object-store URIs (genrec/storage.py): each actor reads its
+node's copy of the inputs, the learner pushes every checkpoint it writes, the driver its logs.
+
 Written by hand because TRL no longer has a PPO trainer and OpenRLHF/verl target GPU fleets; this
 one is small enough to read top to bottom.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -45,6 +49,7 @@ from genrec.rl.policy import STATE_FILE
 from genrec.rl.rewards import has_truth
 from genrec.rl.rollout import Rollout
 from genrec.runtime import init_ray
+from genrec.storage import Mirror, is_uri, local_inputs
 
 log = logging.getLogger("genrec.rl")
 METRICS_FILE = "metrics.jsonl"
@@ -126,19 +131,23 @@ class PPORun:
     """setup / train / save_checkpoint / cleanup, as a torchtune recipe."""
 
     def __init__(self, cfg: PPOConfig, report: Callable[[dict], None] | None = None):
+        if not is_uri(cfg.out_dir):  # every actor finds it, whatever folder Ray starts it in
+            cfg = dataclasses.replace(cfg, out_dir=str(Path(cfg.out_dir).resolve()))
         self.cfg, self.report = cfg, report
-        self.out = Path(cfg.out_dir)
+        self.out_dir = Mirror(cfg.out_dir)
+        self.out = self.out_dir.local
         self.restarts = 0
         self.pending: dict | None = None  # off_policy: the next iteration's rollouts, launched early
 
     def setup(self) -> None:
         cfg = self.cfg
         init_ray()
-        self.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out / "config.yaml")
-        self.tokenizer = load_tokenizer(cfg.policy_dir)
-        self.prompts = PromptSet(cfg, self.tokenizer, split=cfg.prompt_split)
-        self.eval_prompts = (PromptSet(cfg, self.tokenizer, split=cfg.eval_split or cfg.prompt_split, limit=cfg.eval_size)
+        self.out_dir.push("config.yaml")
+        local = local_inputs(cfg)  # the driver's copies; every actor makes its own from cfg
+        self.tokenizer = load_tokenizer(local.policy_dir)
+        self.prompts = PromptSet(local, self.tokenizer, split=cfg.prompt_split)
+        self.eval_prompts = (PromptSet(local, self.tokenizer, split=cfg.eval_split or cfg.prompt_split, limit=cfg.eval_size)
                              if cfg.eval_size else None)
         placement = actors.resources(cfg)
         self.learners = [actors.Learner.options(**placement["learner"]).remote(cfg, rank, cfg.num_learners)
@@ -159,15 +168,17 @@ class PPORun:
         self.start = self._resume()
 
     def _resume(self) -> int:
-        latest = latest_checkpoint(self.out)
+        latest = latest_checkpoint(self.out_dir)
         if latest is None:
             ray.get(self.learner.weights.remote())  # wait for the learner to load
             return 0
-        state = ray.get([learner.load.remote(str(latest)) for learner in self.learners])[0]
+        state = ray.get([learner.load.remote(self.out_dir.location, latest) for learner in self.learners])[0]
         self.restarts = int(state["extra"].get("restarts", 0))
         start = int(state["iteration"])
+        self.out_dir.pull(METRICS_FILE, EVAL_FILE)
         _truncate_log(self.out / METRICS_FILE, start)
         _truncate_log(self.out / EVAL_FILE, start - 1)  # the evaluation at `start` runs again
+        self.out_dir.push(*[name for name in (METRICS_FILE, EVAL_FILE) if (self.out / name).exists()])
         log.info("resuming from %s at iteration %d", latest, start)
         return start
 
@@ -182,11 +193,13 @@ class PPORun:
             ray.get([w.set_weights.remote(weights) for w in self.workers])
             self.evaluate(cfg.iterations, weights)
         final = self.out / "final"
-        latest = latest_checkpoint(self.out)
+        latest = latest_checkpoint(self.out_dir)
         if latest is not None:
+            self.out_dir.pull(latest)
             if final.exists():
                 shutil.rmtree(final)
-            shutil.copytree(latest, final)
+            shutil.copytree(self.out / latest, final)
+            self.out_dir.push("final", last=STATE_FILE)
         return {"out_dir": str(self.out), "iterations": cfg.iterations, "restarts": self.restarts,
                 "final": str(final), "last": last, "eval": read_metrics(self.out, EVAL_FILE)}
 
@@ -252,6 +265,7 @@ class PPORun:
             record["true_fit"] = float(np.mean([fit_of_text(self.prompts.truth[s], r) for s, r in zip(sources, responses)]))
         with open(self.out / METRICS_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
+        self.out_dir.push(METRICS_FILE)
         log.info("iter %d reward %.3f kl %.3f entropy %.3f len %.1f%s tok/s %.0f (%.1fs)", iteration + 1,
                  record["reward_mean"], record["kl"], record["entropy"], record["response_length"],
                  f" true_fit {record['true_fit']:.3f}" if "true_fit" in record else "", record["tokens_per_s"],
@@ -285,6 +299,7 @@ class PPORun:
             record["true_fit"] = float(np.mean([fit_of_text(prompts.truth[s], r) for s, r in zip(sources, responses)]))
         with open(self.out / EVAL_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
+        self.out_dir.push(EVAL_FILE)
         log.info("eval after %d updates: reward %.3f%s (%d responses)", iteration, record["reward_mean"],
                  f" true_fit {record['true_fit']:.3f}" if "true_fit" in record else "", len(rows))
         return record
@@ -330,13 +345,14 @@ class PPORun:
                     for w in failed}
         return merge_rollouts(results, self.tokenizer.pad_token_id)
 
-    def save_checkpoint(self, iteration: int, metrics: dict) -> Path:
-        directory = self.out / CHECKPOINTS / f"iter_{iteration:06d}"
-        ray.get(self.learner.save.remote(str(directory), iteration, {"restarts": self.restarts, "metrics": metrics}))
-        kept = sorted(p for p in (self.out / CHECKPOINTS).iterdir() if (p / STATE_FILE).exists())
-        for old in kept[: -self.cfg.keep_checkpoints]:
-            shutil.rmtree(old)
-        return directory
+    def save_checkpoint(self, iteration: int, metrics: dict) -> str:
+        """The learner writes (and pushes) out_dir/checkpoints/iter_N; the oldest beyond keep_checkpoints go."""
+        name = f"{CHECKPOINTS}/iter_{iteration:06d}"
+        ray.get(self.learner.save.remote(self.out_dir.location, name, iteration,
+                                         {"restarts": self.restarts, "metrics": metrics}))
+        for old in finished_checkpoints(self.out_dir)[: -self.cfg.keep_checkpoints]:
+            self.out_dir.delete(old)
+        return name
 
     def cleanup(self) -> None:
         for actor in [*getattr(self, "workers", []), *getattr(self, "learners", []), getattr(self, "reference", None),
@@ -371,11 +387,14 @@ def merge_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
                    eos=torch.cat([p.eos for p in parts]), seconds=max(p.seconds for p in parts))
 
 
-def latest_checkpoint(out: Path) -> Path | None:
-    root = Path(out) / CHECKPOINTS
-    if not root.exists():
-        return None
-    done = sorted(p for p in root.iterdir() if (p / STATE_FILE).exists())  # the state file is written last
+def finished_checkpoints(out_dir: Mirror) -> list[str]:
+    """The checkpoints in out_dir (names relative to it), oldest first; one counts once its state
+    file, written and pushed last, is there."""
+    return [f"{CHECKPOINTS}/{c}" for c in out_dir.children(CHECKPOINTS) if out_dir.exists(f"{CHECKPOINTS}/{c}/{STATE_FILE}")]
+
+
+def latest_checkpoint(out_dir: Mirror) -> str | None:
+    done = finished_checkpoints(out_dir)
     return done[-1] if done else None
 
 
