@@ -45,7 +45,7 @@ browser:
 		|| echo "make browser: apt-get could not install chromium chromium-driver; tests/test_page.py will skip"
 
 test: setup browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --durations=20
 
 # The fast tier: no Ray session, no model build (math, readers, trie, beam, config, sampling).
 test-fast: setup

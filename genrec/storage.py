@@ -59,9 +59,9 @@ class Mirror:
             self.fs, root = pafs.FileSystem.from_uri(self.location)
             self.root = root.rstrip("/")
             self.local = cache_root() / "mirrors" / hashlib.sha256(self.location.encode()).hexdigest()[:20]
-        else:
+            self.local.mkdir(parents=True, exist_ok=True)
+        else:  # a stage creates its own out_dir; a missing input stays missing, for its error to name
             self.local = Path(location)
-        self.local.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
         return f"Mirror({self.location!r} at {self.local})" if self.remote else f"Mirror({self.location!r})"
@@ -211,6 +211,11 @@ def local_inputs(cfg):
     found = {name: str(localize(getattr(cfg, name))) for name in getattr(type(cfg), "INPUT_PATHS", ())
              if is_uri(getattr(cfg, name) or "")}
     return dataclasses.replace(cfg, **found) if found else cfg
+
+
+def shown(location: str | Path) -> str:
+    """How a location is reported (logs, /v1/models): a URI as written, a local path made absolute."""
+    return str(location) if is_uri(location) else str(Path(location).resolve())
 
 
 def copy_into(source: str | Path, mirror: Mirror, name: str) -> None:

@@ -110,3 +110,4 @@ def test_models_shows_the_last_two_parts_of_paths_unless_configured_to_show_them
     shown = client(Model(), "expose_paths=true").get("/v1/models").json()["recommender"]
     assert shown == Model().info()
     assert hide_paths(["/a", "/a/b/c/d", 3]) == ["/a", "c/d", 3]
+    assert hide_paths({"checkpoint": "s3://bucket/runs/sft/best/"}) == {"checkpoint": "sft/best"}

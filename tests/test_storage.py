@@ -63,7 +63,8 @@ def test_pull_follows_changes_and_deletions_and_keeps_what_was_made_only_here(s3
 
 def test_a_local_path_is_its_own_mirror(tmp_path):
     mirror = Mirror(tmp_path / "out")
-    assert not mirror.remote and mirror.local == tmp_path / "out" and mirror.local.is_dir()
+    assert not mirror.remote and mirror.local == tmp_path / "out" and not mirror.local.exists()  # made by its stage
+    mirror.local.mkdir()
     (mirror.local / "x").write_text("1")
     mirror.push("x")
     assert mirror.pull("x") == mirror.local and files(mirror) == {"x": "1"}

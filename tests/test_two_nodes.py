@@ -125,7 +125,7 @@ def train_worker_nodes(address: str) -> set:
 
 
 def test_sft_on_two_nodes_resumes_from_its_s3_checkpoint_after_the_worker_node_dies(ray_session, cluster, s3,
-                                                                                      tmp_path):
+                                                                                      tmp_path, monkeypatch):
     # The uninterrupted run: the same settings, two workers on the test session's one-node Ray.
     synth_and_prepare(tmp_path, num_users=200, num_items=300, history_len=10)
     train_sft(from_dict(SFTConfig, dict(SFT, data_dir=str(tmp_path / "prepared"), out_dir=str(tmp_path / "straight"))))
@@ -180,6 +180,19 @@ def test_sft_on_two_nodes_resumes_from_its_s3_checkpoint_after_the_worker_node_d
     report = json.loads(s3_text(s3, "eval/report.json"))
     assert report["users"] == 16 and report["hallucination_rate"] == 0.0 and "hr@5" in report["metrics"]
     assert report["model"] == f"s3://{BUCKET}/sft/best" and s3_text(s3, "eval/report.md").startswith("# Evaluation")
+
+    # Serve's recommender model loads the same checkpoint and catalog from S3 (into this process's mirrors).
+    from genrec.config import RecommenderServeConfig
+    from genrec.serve.recommender import RecommenderModel
+
+    for key, value in {**s3, "GENREC_CACHE": str(tmp_path / "serve_cache")}.items():
+        monkeypatch.setenv(key, value)
+    model = RecommenderModel(RecommenderServeConfig(checkpoint_dir=f"s3://{BUCKET}/sft/best",
+                                                    data_dir=f"s3://{BUCKET}/prepared", num_beams=5))
+    history = model.item_ids[:3]
+    (answer,) = model.rank([model.check(history, 5, True)])
+    assert len(answer["items"]) == 5 and not {item["item_id"] for item in answer["items"]} & set(history)
+    assert model.info()["checkpoint"] == f"s3://{BUCKET}/sft/best"
 
 
 PPO = dict(prompt_format="raw", reward="count", reward_word="yes", iterations=6, rollout_batch_size=32,

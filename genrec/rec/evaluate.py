@@ -143,6 +143,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     checkpoint_dir and out_dir may be object-store URIs (genrec/storage.py)."""
     out_dir = Mirror(cfg.out_dir)
     out = out_dir.local
+    out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     started = time.time()
     if cfg.model != "checkpoint":

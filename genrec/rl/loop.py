@@ -142,6 +142,7 @@ class PPORun:
     def setup(self) -> None:
         cfg = self.cfg
         init_ray()
+        self.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out / "config.yaml")
         self.out_dir.push("config.yaml")
         local = local_inputs(cfg)  # the driver's copies; every actor makes its own from cfg

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from genrec.config import ServeConfig
 from genrec.serve.recommender import CatalogSearch
+from genrec.storage import fetch_file, is_uri, join
 
 PAGE_DIR = Path(__file__).resolve().parent / "page"  # index.html, docs.html, app.js, docs.js, style.css
 SEARCH_MAX_LIMIT, SEARCH_MAX_QUERY = 50, 200
@@ -212,7 +213,8 @@ def create_api(cfg: ServeConfig, backends: Backends) -> FastAPI:
 
         # The ingress reads the catalog file itself (ids and titles, no model), on the first search:
         # the type-ahead then costs no hop to a model replica, and a search waits for no beam search.
-        catalog = functools.cache(lambda: CatalogSearch.from_parquet(Path(cfg.recommender.data_dir) / "catalog.parquet"))
+        catalog = functools.cache(lambda: CatalogSearch.from_parquet(
+            fetch_file(join(cfg.recommender.data_dir, "catalog.parquet"))))
 
         @app.get("/v1/catalog/search", response_model=CatalogSearchResponse, responses={422: {"model": ErrorResponse}})
         async def catalog_search(
@@ -282,11 +284,14 @@ def add_pages(app: FastAPI) -> None:
 
 
 def hide_paths(value: Any) -> Any:
-    """Every absolute filesystem path in `value` (nested dicts and lists) cut to its last two parts."""
+    """Every absolute filesystem path and object-store URI in `value` (nested dicts and lists) cut to
+    its last two parts."""
     if isinstance(value, dict):
         return {k: hide_paths(v) for k, v in value.items()}
     if isinstance(value, list):
         return [hide_paths(v) for v in value]
+    if isinstance(value, str) and is_uri(value):
+        return "/".join(value.split("://", 1)[1].rstrip("/").split("/")[-2:])
     if isinstance(value, str) and value.startswith("/") and len(Path(value).parts) > 3:
         return str(Path(*Path(value).parts[-2:]))
     return value

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from pathlib import Path
 
 from genrec.config import GeneratorServeConfig, MatcherServeConfig
+from genrec.storage import fetch, fetch_file, shown
 
 log = logging.getLogger("genrec.serve")
 
@@ -23,7 +23,7 @@ class JobGeneratorModel:
         from genrec.models.loading import load_checkpoint
 
         self.cfg = cfg
-        self.model, self.tokenizer, self.meta = load_checkpoint(cfg.checkpoint_dir)
+        self.model, self.tokenizer, self.meta = load_checkpoint(fetch(cfg.checkpoint_dir))
         self.model.eval()
 
     def generate(self, batch: list[tuple[str, int, float]]) -> list[str]:
@@ -55,7 +55,7 @@ class JobGeneratorModel:
         return [text.strip() for text in self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
 
     def info(self) -> dict:
-        return {"checkpoint": str(Path(self.cfg.checkpoint_dir).resolve()), "stage": self.meta.get("stage"),
+        return {"checkpoint": shown(self.cfg.checkpoint_dir), "stage": self.meta.get("stage"),
                 "training_metrics": self.meta.get("metrics", {}), "device": str(self.model.device)}
 
 
@@ -70,12 +70,13 @@ class JobMatcherModel:
 
             if not cfg.jds_path:
                 raise ValueError("matcher.jds_path: JobRecommender needs the openings (jds.parquet)")
-            self.recommender = JobRecommender(cfg.generator_dir, cfg.reward_dir, cfg.jds_path, embedder=cfg.embedder)
+            self.recommender = JobRecommender(fetch(cfg.generator_dir), fetch(cfg.reward_dir), fetch_file(cfg.jds_path),
+                                              embedder=cfg.embedder)
             self.reward = self.recommender.reward  # the same reward model scores both endpoints: loaded once
         else:
             from genrec.girl.reward import load_reward
 
-            self.reward = load_reward(cfg.reward_dir)
+            self.reward = load_reward(fetch(cfg.reward_dir))
 
     def score(self, pairs: list[tuple[str, str]]) -> list[float]:
         scores = self.reward.score([cv for cv, _ in pairs], [jd for _, jd in pairs])
@@ -85,8 +86,8 @@ class JobMatcherModel:
         return [dict(item, score=float(item["score"])) for item in self.recommender.recommend(cv, k)]
 
     def info(self) -> dict:
-        return {"reward": self.reward.info, "reward_dir": str(Path(self.cfg.reward_dir).resolve()),
-                "generator_dir": str(Path(self.cfg.generator_dir).resolve()) if self.cfg.generator_dir else None,
-                "jds_path": str(Path(self.cfg.jds_path).resolve()) if self.cfg.jds_path else None,
+        return {"reward": self.reward.info, "reward_dir": shown(self.cfg.reward_dir),
+                "generator_dir": shown(self.cfg.generator_dir) if self.cfg.generator_dir else None,
+                "jds_path": shown(self.cfg.jds_path) if self.cfg.jds_path else None,
                 "embedder": self.cfg.embedder if self.recommender is not None else None,
                 "recommend": self.recommender is not None}

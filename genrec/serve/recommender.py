@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from genrec.config import EvaluateConfig, RecommenderServeConfig
+from genrec.storage import fetch, join, localize, shown
 
 log = logging.getLogger("genrec.serve")
 
@@ -61,12 +62,12 @@ class RecommenderModel:
         from genrec.rec.evaluate import RankUsers
 
         self.cfg = cfg
-        data = Path(cfg.data_dir)
+        data, checkpoint = fetch(cfg.data_dir), fetch(cfg.checkpoint_dir)  # this node's copies of URIs
         catalog_path = data / "catalog.parquet"
         if not catalog_path.exists():
             raise FileNotFoundError(f"recommender.data_dir: {catalog_path} is missing (run `genrec prepare`)")
         # Loading through evaluation's own ranker keeps one definition of model + trie + prompt format.
-        ranker = RankUsers(cfg.checkpoint_dir, str(catalog_path),
+        ranker = RankUsers(str(checkpoint), str(catalog_path),
                            EvaluateConfig(max_len=cfg.max_len, top_k=1, num_beams=1, ks=[1]))
         self.ranker = ranker
         self.model, self.tokenizer, self.trie = ranker.model, ranker.tokenizer, ranker.trie
@@ -77,7 +78,7 @@ class RecommenderModel:
         self.index_of_id = {item: index for index, item in enumerate(self.item_ids)}
         self.index_of_title = ranker.title_index
         self.instruction = self._instruction(data)
-        self.meta = json.loads((Path(cfg.checkpoint_dir) / "genrec.json").read_text())
+        self.meta = json.loads((checkpoint / "genrec.json").read_text())
         self.popularity = self._popularity(data) if cfg.empty_history == "popular" else None
         if ranker.item_tokens is None and self.trie.max_depth >= cfg.max_len:
             raise ValueError(f"recommender.max_len={cfg.max_len} leaves no room for a prompt beside the "
@@ -182,12 +183,12 @@ class RecommenderModel:
     def info(self) -> dict:
         """What /v1/models shows: the checkpoint, its training metrics and its evaluation report."""
         report = None
-        if self.cfg.report_path and Path(self.cfg.report_path).exists():
-            loaded = json.loads(Path(self.cfg.report_path).read_text())
+        if self.cfg.report_path and (path := localize(self.cfg.report_path)).exists():
+            loaded = json.loads(path.read_text())
             report = {k: loaded.get(k) for k in ("split", "users", "metrics", "hallucination_rate", "decoding")}
         return {
-            "checkpoint": str(Path(self.cfg.checkpoint_dir).resolve()),
-            "catalog": str((Path(self.cfg.data_dir) / "catalog.parquet").resolve()),
+            "checkpoint": shown(self.cfg.checkpoint_dir),
+            "catalog": shown(join(self.cfg.data_dir, "catalog.parquet")),
             "catalog_items": len(self.item_ids),
             "stage": self.meta.get("stage"),
             "base_model": self.meta.get("base_model") or self.meta.get("config", {}).get("model"),

@@ -154,6 +154,7 @@ def start_run(cfg):
 
     init_ray()
     out_dir = Mirror(cfg.out_dir if is_uri(cfg.out_dir) else Path(cfg.out_dir).resolve())
+    out_dir.local.mkdir(parents=True, exist_ok=True)
     cfg = for_train_workers(cfg)
     save_config(cfg, out_dir.local / "config.yaml")
     out_dir.push("config.yaml")
