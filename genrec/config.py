@@ -338,8 +338,17 @@ class SFTConfig(Config):
     save_every: int = field(500, "optimizer steps between resumable checkpoints (0 = only at the end)", ge=0)
     ray_train: RayTrain = sub(RayTrain, "the Ray Train workers")
     strategy: Literal["ddp", "fsdp"] = field("ddp", "ddp: a full replica per worker; fsdp: parameters and optimizer state sharded")
+    trainer: Literal["genrec", "trl"] = field(
+        "genrec", "genrec: this package's loop (packing, FSDP, compile, ranked validation); trl: TRL's SFTTrainer in "
+                  "each Ray Train worker on the same token rows, batches of micro_batch_tokens // max_len rows padded "
+                  "to their longest (genrec/train/trl_backend.py)")
 
     def validate(self) -> None:
+        if self.trainer == "trl":
+            for name, value, default in (("strategy", self.strategy, "ddp"), ("compile", self.compile, False),
+                                         ("valid_rank_users", self.valid_rank_users, 0)):
+                if value != default:
+                    raise ConfigError(f"{name}: {value!r} is genrec's loop's own; trainer=trl takes {name}={default!r}")
         if self.pack_len and self.pack_len < self.max_len:
             raise ConfigError(f"pack_len: must be 0 or at least max_len={self.max_len}, got {self.pack_len}")
         if self.micro_batch_tokens < self.row_len:

@@ -157,8 +157,9 @@ def tokenize_splits(cfg: SFTConfig, out: Path, tokenizer_dir: Path, data: Path |
 
 # ------------------------------------------------------------------------------------ the worker
 def sft_worker(ctx: dict) -> None:
-    """Ray Train worker: build the model, load the shards, run train_loop, turn its reports into
-    ray.train.report with HF-format checkpoints."""
+    """Ray Train worker: build the model, load the shards, run train_loop (or, with trainer=trl, TRL's
+    SFTTrainer: genrec/train/trl_backend.py), turn its reports into ray.train.report with HF-format
+    checkpoints."""
     common.worker_logging()
     cfg = from_dict(SFTConfig, ctx["cfg"])
     out_dir = storage.Mirror(ctx["out"])
@@ -182,9 +183,14 @@ def sft_worker(ctx: dict) -> None:
 
         vectors = out / ctx["item_vectors"]  # an absolute path stays as it is
         log.info("item_init: %d item token rows from %s", init_item_embeddings(model, tokenizer, vectors), vectors)
-    model = wrap_model(model.to(device), cfg, world_size)
     train_rows = load_rows(out / ctx["tokens"]["train"])
     valid_rows = load_rows(out / ctx["tokens"]["valid"], cfg.valid_rows) if "valid" in ctx["tokens"] else None
+    if cfg.trainer == "trl":  # TRL's Trainer wraps the model itself
+        from genrec.train.trl_backend import train_with_trl
+
+        train_with_trl(cfg, model.to(device), tokenizer, train_rows, valid_rows, out_dir, rank)
+        return
+    model = wrap_model(model.to(device), cfg, world_size)
 
     resume, checkpoint_path = common.reported_state(STATE_FILE)
     if resume is not None and rank == 0:
