@@ -64,6 +64,14 @@ def test_bounds_are_declared_with_the_field_and_checked_however_the_config_is_bu
     assert "(at least 1)" in dict((row[0], row[3]) for row in describe(SFTConfig))["lora.r"]
 
 
+def test_trainer_trl_refuses_what_only_genrecs_own_loop_does():
+    assert load_config(SFTConfig, None, ["trainer=trl"]).trainer == "trl"
+    for override, message in (("strategy=fsdp", "strategy: 'fsdp' is genrec's loop's own; trainer=trl takes strategy='ddp'"),
+                              ("compile=true", "compile: True is genrec's loop's own")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(SFTConfig, None, ["trainer=trl", override])
+
+
 def test_renamed_keys_still_load_under_their_new_names(caplog):
     with caplog.at_level(logging.WARNING, logger="genrec.config"):
         cfg = load_config(SFTConfig, None, ["tiny_layers=2", "lora=true", "lora_r=4", "num_workers=2"])
