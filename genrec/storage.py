@@ -100,7 +100,8 @@ class Mirror:
 
     def push(self, *names: str, last: str = WRITTEN_LAST) -> None:
         """Upload the local `names` (files or folders) to the location, replacing what is there under
-        those names; a folder's `last` file (its marker of a whole folder) goes last."""
+        those names (a name missing here is removed there); a folder's `last` file (its marker of a
+        whole folder) goes last."""
         if not self.remote:
             return
         with self._locked():
