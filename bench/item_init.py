@@ -43,6 +43,20 @@ DATA = {
 }
 
 
+# data set -> its random-init model measured before in this harness with the same SFT config: (results
+# file, row). Used when a run has no random row of its own.
+RANDOM_TWINS = {"toys": ("quality_toys.json", "genrec_cli")}
+
+
+def random_twin(data: str) -> dict | None:
+    if data not in RANDOM_TWINS:
+        return None
+    name, row = RANDOM_TWINS[data]
+    twin = json.loads((RESULTS / name).read_text())[row]
+    return {"source": f"bench/results/{name}", "row": row, "date": twin["date"], "hr@10": twin["hr@10"],
+            "ndcg@10": twin["ndcg@10"], "valid_hr@10": twin.get("best_valid_hr@10"), "train_s": twin["train_s"]}
+
+
 def results_path(data: str) -> Path:
     return RESULTS / ("item_init.json" if data == "ml100k" else f"item_init_{data}.json")
 
@@ -77,18 +91,27 @@ def train_and_evaluate(prepared: Path, recipe: dict, init: str, seed: int) -> di
     from genrec.train.launch import train_sft
 
     run = prepared.parent / f"{init}_s{seed}"
-    started = time.perf_counter()
-    if not (run / "sft" / "best" / "genrec.json").exists():
+    if not (run / "sft" / "final" / "genrec.json").exists():
+        started = time.perf_counter()
         users = len(pq.read_table(prepared / "valid", columns=["user_id"]))
         train_sft(from_dict(SFTConfig, dict(recipe, data_dir=str(prepared), out_dir=str(run / "sft"), item_init=init,
                                             seed=seed, valid_rank_users=users)))
-    train_s = time.perf_counter() - started
+        (run / "train_s.json").write_text(json.dumps({"train_s": time.perf_counter() - started}))
+    train_s = trained_seconds(run)
     report = evaluate(EvaluateConfig(data_dir=str(prepared), checkpoint_dir=str(run / "sft" / "best"), split="test",
                                      out_dir=str(run / "eval"), ks=[10], top_k=10, max_len=recipe["max_len"]))
     best = json.loads((run / "sft" / "best" / "genrec.json").read_text())["metrics"]
     return {"init": init, "seed": seed, "train_s": train_s, "best_step": best.get("step"),
             "valid_hr@10": best.get("valid_hr@10"), **split_metrics(prepared, run / "eval" / "per_user.parquet"),
             "overall_reported": report["metrics"]}
+
+
+def trained_seconds(run: Path) -> float:
+    """The train-sft wall time of a run: measured around the call (train_s.json), or for a run that a
+    killed bench left behind, from its folder (config.yaml is written first, final/genrec.json last)."""
+    if (run / "train_s.json").exists():
+        return json.loads((run / "train_s.json").read_text())["train_s"]
+    return (run / "sft" / "final" / "genrec.json").stat().st_mtime - (run / "sft" / "config.yaml").stat().st_mtime
 
 
 def split_metrics(prepared: Path, per_user_path: Path) -> dict:
@@ -141,6 +164,8 @@ def main() -> None:
             rows = [row for row in earlier["rows"] if (row["init"], row["seed"]) not in fresh] + rows
     results = {"data": args.data, "prepared": relative(prepared), "tail_below": TAIL, "recipe": recipe, "rows": rows,
                "measured": utc_now(), "versions": versions("torch", "transformers", "ray", "python")}
+    if not any(row["init"] == "random" for row in rows) and random_twin(args.data):
+        results["random_twin"] = random_twin(args.data)
     print(write_results(path, results, render_markdown))
 
 
@@ -179,6 +204,15 @@ def render_markdown(results: dict) -> str:
     if means:
         lines += ["", "Mean over seeds:", ""]
         lines += table(["item_init", "seeds", "HR@10", "NDCG@10", "long tail HR@10", "long tail NDCG@10"], means)
+    twin = results.get("random_twin")
+    if twin:
+        best = max(rows, key=lambda row: row["all_hr@10"])
+        lines += ["", f"Random init is not rerun here: its twin is the `{twin['row']}` row of {twin['source']}, the "
+                      f"same SFT config through `genrec train-sft` and `genrec evaluate` on the same split, measured "
+                      f"{twin['date']}: HR@10 {twin['hr@10']:.4f}, NDCG@10 {twin['ndcg@10']:.4f}, best validation HR@10 "
+                      f"{twin['valid_hr@10']:.4f} ({twin['train_s']:.0f} s of training, idle machine). "
+                      f"{best['init']} against it: {best['all_hr@10'] / twin['hr@10']:.2f}x HR@10, "
+                      f"{best['all_ndcg@10'] / twin['ndcg@10']:.2f}x NDCG@10. Its long tail was not measured."]
     lines += ["", "train s: wall time of the train-sft run (title encoding, when not cached, included) on a machine "
                   "that other jobs shared part of the time: not a speed figure."]
     return "\n".join(lines) + "\n"
