@@ -134,7 +134,7 @@ def json_config(out):
 def test_trainer_trl_trains_the_same_model_on_the_same_rows_as_genrec_and_evaluate_ranks_with_it(prepared):
     """TRL's SFTTrainer in the Ray Train worker: the same model build, rows and validation rows, so the
     step-0 validation loss is genrec's; after 8 steps of lr 2e-3 both have learned about as much
-    (different batch order and batch shapes: within 10%), and genrec evaluate loads TRL's output."""
+    (the batches are formed apart: within 2%), and genrec evaluate loads TRL's output."""
     from genrec.config import EvaluateConfig
     from genrec.rec.evaluate import evaluate
 
@@ -147,7 +147,7 @@ def test_trainer_trl_trains_the_same_model_on_the_same_rows_as_genrec_and_evalua
     assert valid["trl"][0] == pytest.approx(valid["genrec"][0], rel=1e-3)
     for name in valid:
         assert valid[name][8] < valid[name][0] - 0.5, valid
-    assert valid["trl"][8] == pytest.approx(valid["genrec"][8], rel=0.10), valid
+    assert valid["trl"][8] == pytest.approx(valid["genrec"][8], rel=0.02), valid
     # Checkpoints went through Ray Train (its HF checkpoint folder inside each), and final/ is genrec's format.
     assert list((theirs / "ray").glob("*/checkpoint_*/checkpoint/model.safetensors"))
     report = evaluate(EvaluateConfig(data_dir=str(prepared / "prepared"), checkpoint_dir=str(theirs / "final"),
