@@ -80,9 +80,13 @@ def cluster(tmp_path_factory):
             stop_node(node["temp_dir"])
 
 
+def s3_filesystem(env: dict) -> pafs.S3FileSystem:
+    return pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key=env["AWS_ACCESS_KEY_ID"],
+                             secret_key=env["AWS_SECRET_ACCESS_KEY"], region=env["AWS_DEFAULT_REGION"])
+
+
 def s3_text(env: dict, key: str) -> str | None:
-    fs = pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key=env["AWS_ACCESS_KEY_ID"],
-                           secret_key=env["AWS_SECRET_ACCESS_KEY"], region=env["AWS_DEFAULT_REGION"])
+    fs = s3_filesystem(env)
     if fs.get_file_info(f"{BUCKET}/{key}").type == pafs.FileType.NotFound:
         return None
     with fs.open_input_stream(f"{BUCKET}/{key}") as f:
@@ -90,9 +94,8 @@ def s3_text(env: dict, key: str) -> str | None:
 
 
 def s3_upload(env: dict, local: Path, key: str) -> None:
-    fs = pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key=env["AWS_ACCESS_KEY_ID"],
-                           secret_key=env["AWS_SECRET_ACCESS_KEY"], region=env["AWS_DEFAULT_REGION"])
-    pafs.copy_files(str(local), f"{BUCKET}/{key}", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    pafs.copy_files(str(local), f"{BUCKET}/{key}", source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=s3_filesystem(env))
 
 
 def train_losses(metrics_lines: str) -> tuple[dict, dict]:
