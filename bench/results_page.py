@@ -32,6 +32,7 @@ ORDER = {
     "quality_ml100k": "quality.py",
     "quality_items": "quality_items.py",
     "item_init": "item_init.py",
+    "item_init_toys": "item_init.py",
     "quality_toys_smollm2": "quality_gpu.py",
     "sasrec_recipe": "sasrec_recipe.py",
     "reward_quality": "reward_quality.py",
