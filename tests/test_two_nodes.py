@@ -120,6 +120,19 @@ def live_worker_node(address: str) -> str:
     return node
 
 
+def replace_the_worker_node(cluster: dict, worker_node: str, job_id: str, name: str) -> str:
+    """Kill the worker node's raylet (the node dies with what runs on it), wait for the head to call it
+    dead, start a node `name` in its place, and wait for the job to succeed; returns the job's log."""
+    address, client = cluster["address"], cluster["client"]
+    raylet(cluster["nodes"][-1]["temp_dir"]).kill()
+    wait_for(lambda: nodes_by_state(address)[worker_node][0] == "DEAD", "the head to declare the node dead")
+    cluster["add_worker_node"](name)
+    status = wait_for_job(client, job_id)
+    logs = client.get_job_logs(job_id)
+    assert status == "SUCCEEDED", logs[-4000:]
+    return logs
+
+
 def train_worker_nodes(address: str) -> set:
     from ray.util.state import list_actors
 
@@ -150,12 +163,7 @@ def test_sft_on_two_nodes_resumes_from_its_s3_checkpoint_after_the_worker_node_d
     worker_node = live_worker_node(address)
     assert len(train_worker_nodes(address)) == 2, "the two Ray Train workers are not on two nodes"
 
-    raylet(cluster["nodes"][-1]["temp_dir"]).kill()  # the worker node dies with its Ray Train worker
-    wait_for(lambda: nodes_by_state(address)[worker_node][0] == "DEAD", "the head to declare the node dead")
-    cluster["add_worker_node"]("replacement")
-    status = wait_for_job(client, job_id)
-    logs = client.get_job_logs(job_id)
-    assert status == "SUCCEEDED", logs[-4000:]
+    logs = replace_the_worker_node(cluster, worker_node, job_id, "replacement")  # with its Ray Train worker
     resumed = [line for line in logs.splitlines() if "resuming from" in line]
     print(f"killed node {worker_node}; {resumed}")
     assert resumed and all(line.rstrip().endswith("at step 4") for line in resumed), logs[-4000:]
@@ -235,12 +243,7 @@ def test_ppo_on_two_nodes_redoes_the_share_of_the_rollout_workers_whose_node_die
     assert actor_nodes(address, "RolloutWorker") == {worker_node}
     assert worker_node not in actor_nodes(address, "Learner") | actor_nodes(address, "RewardScorer")
 
-    raylet(cluster["nodes"][-1]["temp_dir"]).kill()  # both rollout workers die with their node
-    wait_for(lambda: nodes_by_state(address)[worker_node][0] == "DEAD", "the head to declare the node dead")
-    cluster["add_worker_node"]("ppo_replacement")
-    status = wait_for_job(client, job_id)
-    logs = client.get_job_logs(job_id)
-    assert status == "SUCCEEDED", logs[-4000:]
+    logs = replace_the_worker_node(cluster, worker_node, job_id, "ppo_replacement")  # with both rollout workers
     died = [line for line in logs.splitlines() if "died in iteration 4" in line]
     print(f"killed node {worker_node}; {died}")
     # Worker 0 died holding its share; worker 1 had returned its share before, so only the restart
