@@ -6,8 +6,9 @@ process exits there once, as a crash would. The marker `<out_dir>/.failed_once` 
 iteration) keeps the restarted worker, and a rerun of the same out_dir, from dying again, so a
 test can check that Ray restarts the worker and that the run resumes from its last checkpoint.
 
-{"hold_at_step": 6} (train-sft) makes every worker wait at that step, once, for up to HOLD_S
-seconds: time for a test to kill a node under a run that is known to be mid-way.
+{"hold_at_step": 6} (train-sft: every worker) and {"hold_at_iteration": 3} (ppo: rollout worker 0)
+wait there, once, for up to HOLD_S seconds: time for a test to kill a node under a run that is known
+to be mid-way.
 """
 from __future__ import annotations
 
