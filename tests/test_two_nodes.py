@@ -244,10 +244,10 @@ def test_ppo_on_two_nodes_redoes_the_share_of_the_rollout_workers_whose_node_die
     assert worker_node not in actor_nodes(address, "Learner") | actor_nodes(address, "RewardScorer")
 
     logs = replace_the_worker_node(cluster, worker_node, job_id, "ppo_replacement")  # with both rollout workers
-    died = [line for line in logs.splitlines() if "died in iteration 4" in line]
+    died = [line for line in logs.splitlines() if "died in iteration 4" in line or "restarting at the weight sync" in line]
     print(f"killed node {worker_node}; {died}")
-    # Worker 0 died holding its share; worker 1 had returned its share before, so only the restart
-    # of worker 0 is counted (worker 1 restarts too, and the next iteration's weight sync reaches it).
+    # Worker 0 died holding its share. Worker 1 had returned its share before: it restarts too, and the
+    # next weight sync either finds it back or waits for it (counted then).
     assert any("rollout worker 0 died in iteration 4" in line for line in died), logs[-4000:]
 
     # Every iteration as in the uninterrupted run; the restarts are counted from iteration 4 on.
@@ -256,6 +256,7 @@ def test_ppo_on_two_nodes_redoes_the_share_of_the_rollout_workers_whose_node_die
     for mine, theirs in zip(rows, expected):
         assert mine["reward_mean"] == pytest.approx(theirs["reward_mean"], abs=1e-6)
         assert mine["kl"] == pytest.approx(theirs["kl"], abs=1e-4)
-    assert [r["restarts"] for r in rows] == [0, 0, 0] + [len(died)] * 3
+    restarts = [r["restarts"] for r in rows]
+    assert restarts[:3] == [0, 0, 0] and restarts[3] >= 1 and restarts[-1] == len(died) and restarts == sorted(restarts)
     assert s3_text(s3, "ppo/final/genrec.json") is not None
     assert actor_nodes(address, "RolloutWorker") == set()  # the job's actors are gone with it

@@ -191,7 +191,7 @@ class PPORun:
                 self.save_checkpoint(iteration + 1, last)
         if self.eval_prompts is not None:  # the policy after the last update
             weights = self.learner.weights.remote()
-            ray.get([w.set_weights.remote(weights) for w in self.workers])
+            self._sync(weights)
             self.evaluate(cfg.iterations, weights)
         final = self.out / "final"
         latest = latest_checkpoint(self.out_dir)
@@ -216,7 +216,7 @@ class PPORun:
 
         t = time.perf_counter()
         weights = self.learner.weights.remote()  # stays in the object store; every worker reads it
-        ray.get([w.set_weights.remote(weights) for w in self.workers])
+        self._sync(weights)
         timing["sync"] = time.perf_counter() - t
         evaluation = {}
         if self.eval_prompts is not None and (iteration == 0 or (cfg.eval_every and iteration % cfg.eval_every == 0)):
@@ -318,6 +318,19 @@ class PPORun:
         seeds = [cfg.seed * 1_000_003 + iteration * 1009 + w for w in range(len(self.workers))]
         refs = {w: self.workers[w].generate.remote(prompts[w], seeds[w], iteration) for w in range(len(self.workers))}
         return dict(refs=refs, prompts=prompts, seeds=seeds, iteration=iteration, weights=weights)
+
+    def _sync(self, weights) -> None:
+        """Send `weights` to every rollout worker. One that Ray is restarting (its node died after it
+        returned its last share) gets them once it is back, and counts as a restart."""
+        refs = [w.set_weights.remote(weights) for w in self.workers]
+        for index, ref in enumerate(refs):
+            try:
+                ray.get(ref)
+            except WORKER_ERRORS as e:
+                log.warning("rollout worker %d was restarting at the weight sync (%s); waiting for it", index,
+                            type(e).__name__)
+                self.restarts += 1
+                _wait_alive(self.workers[index], weights)
 
     def _collect(self, pending: dict) -> Rollout:
         """Every worker's share; a share whose worker died is redone once Ray restarted it, with the
