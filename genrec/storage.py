@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from genrec.models.pretrained import cache_root  # $GENREC_CACHE, as the model presets use it
+
 MANIFEST = ".genrec_mirror.json"  # files known to equal the remote copy: relative path -> [size, mtime]
 LOCK = ".genrec_mirror.lock"
 WRITTEN_LAST = "genrec.json"  # a folder's marker file: pushed last, so whoever sees it sees the whole folder
@@ -43,10 +45,6 @@ def join(location: str | Path, *names: str) -> str:
     if is_uri(location):
         return "/".join([str(location).rstrip("/"), *names])
     return str(Path(location, *names))
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("GENREC_CACHE") or Path.home() / ".cache" / "genrec")
 
 
 class Mirror:
@@ -217,14 +215,3 @@ def local_inputs(cfg):
 def shown(location: str | Path) -> str:
     """How a location is reported (logs, /v1/models): a URI as written, a local path made absolute."""
     return str(location) if is_uri(location) else str(Path(location).resolve())
-
-
-def copy_into(source: str | Path, mirror: Mirror, name: str) -> None:
-    """Put the local file or folder `source` into `mirror` as `name`, and push it."""
-    target = mirror.local / name
-    if Path(source).resolve() != target.resolve():
-        if Path(source).is_dir():
-            shutil.copytree(source, target, dirs_exist_ok=True)
-        else:
-            shutil.copy2(source, target)
-    mirror.push(name)

@@ -71,7 +71,8 @@ def train_sft(cfg: SFTConfig, callbacks: list | None = None, keep_checkpoints: i
 
         item_vectors = title_vectors(data, cfg.item_init)
         if out_dir.remote:  # the workers' nodes cannot read this node's data mirror
-            storage.copy_into(item_vectors, out_dir, ITEM_VECTORS)
+            shutil.copy2(item_vectors, out / ITEM_VECTORS)
+            out_dir.push(ITEM_VECTORS)
             item_vectors = ITEM_VECTORS
 
     trainer = common.torch_trainer(
